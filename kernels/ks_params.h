@@ -1,0 +1,35 @@
+// Plain parameter structs shared by the kernel API and the CUDA sources. No CUDA, LibTorch or
+// Abseil here, and C++17: .cu files include this and nothing heavier.
+#pragma once
+
+#include <cstdint>
+
+namespace ksserve::kernels {
+
+// A Kronecker-sparse pattern (a, b, c, d): the support I_a ⊗ 1_{b×c} ⊗ I_d of an
+// (a·b·d) × (a·c·d) factor with a·b·c·d nonzeros (shared/docs/ks-matmul.md).
+struct KsPattern {
+  int64_t a = 1;
+  int64_t b = 1;
+  int64_t c = 1;
+  int64_t d = 1;
+
+  constexpr int64_t in_features() const { return a * c * d; }
+  constexpr int64_t out_features() const { return a * b * d; }
+  constexpr int64_t nonzeros() const { return a * b * c * d; }
+  friend constexpr bool operator==(const KsPattern& x, const KsPattern& y) {
+    return x.a == y.a && x.b == y.b && x.c == y.c && x.d == y.d;
+  }
+};
+
+// One factor applied batch-first (tokens × features):
+//   y[n, i, r, j] = Σ_s x[n, i, s, j] · w[i, r, s, j]
+struct KsFactorParams {
+  const float* x = nullptr;  // [batch, a·c·d], row-major
+  const float* w = nullptr;  // [a][b][c][d], the interchange layout
+  float* y = nullptr;        // [batch, a·b·d], row-major; must not alias x or w
+  int64_t batch = 0;
+  KsPattern pattern;
+};
+
+}  // namespace ksserve::kernels
