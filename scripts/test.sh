@@ -5,6 +5,8 @@
 # GPU. Needs scripts/setup.sh to have run once.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# ccache hits across clones at different paths (CI clones afresh every run).
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 
 cmake --preset cpu >/dev/null
 cmake --build --preset cpu
