@@ -21,7 +21,7 @@
 ABSL_FLAG(std::string, grpc_address, "0.0.0.0:8001", "gRPC listen address (host:port; port 0 picks one)");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:8002",
           "Prometheus /metrics listen address (host:port; port 0 picks one)");
-ABSL_FLAG(std::string, model_repo, "", "Model repository directory; empty serves the built-in default models");
+ABSL_FLAG(std::string, model_repo, "", "Model repository directory (one folder per model)");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
           "On SIGTERM/SIGINT, how long in-flight calls may take to finish");
 ABSL_FLAG(std::string, port_file, "",

@@ -22,7 +22,7 @@ class Nvml;
 struct ServerOptions {
   std::string grpc_address = "0.0.0.0:8001";     // port 0 picks a free port
   std::string metrics_address = "0.0.0.0:8002";  // port 0 picks a free port
-  std::string model_repo;                        // empty: the built-in default models
+  std::string model_repo;                        // one folder per model; empty: none
   int max_message_bytes = 64 << 20;
 };
 
