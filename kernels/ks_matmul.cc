@@ -43,6 +43,7 @@ absl::Status ValidateFactorParams(const KsFactorParams& params) {
   int64_t x_elems = 0, y_elems = 0;
   if (MulOverflows(params.batch, params.pattern.in_features(), &x_elems) ||
       MulOverflows(params.batch, params.pattern.out_features(), &y_elems) ||
+      params.pattern.nonzeros() > std::numeric_limits<int64_t>::max() / static_cast<int64_t>(sizeof(float)) ||
       x_elems > std::numeric_limits<int64_t>::max() / static_cast<int64_t>(sizeof(float)) ||
       y_elems > std::numeric_limits<int64_t>::max() / static_cast<int64_t>(sizeof(float))) {
     return absl::InvalidArgumentError(absl::StrFormat(

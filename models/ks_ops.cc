@@ -2,6 +2,7 @@
 
 #include <ATen/ops/empty.h>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/ks_matmul.h"
 
@@ -44,7 +45,14 @@ absl::StatusOr<torch::Tensor> KsFactorForward(const torch::Tensor& x, const torc
     return absl::InvalidArgumentError("x and w must be contiguous");
   }
 
-  torch::Tensor y = at::empty({x.size(0), pattern.out_features()}, x.options());
+  torch::Tensor y;
+  try {
+    y = at::empty({x.size(0), pattern.out_features()}, x.options());
+  } catch (const c10::OutOfMemoryError& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("KS factor output: ", e.what_without_backtrace()));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("KS factor output: ", e.what_without_backtrace()));
+  }
   const kernels::KsFactorParams params{.x = x.const_data_ptr<float>(),
                                        .w = w.const_data_ptr<float>(),
                                        .y = y.mutable_data_ptr<float>(),
@@ -58,7 +66,7 @@ absl::StatusOr<torch::Tensor> KsFactorForward(const torch::Tensor& x, const torc
     const c10::cuda::CUDAGuard guard(x.device());
     status = kernels::KsFactorForwardCuda(params, c10::cuda::getCurrentCUDAStream().stream());
 #else
-    status = absl::FailedPreconditionError("ksserve was built without CUDA (preset 'cpu')");
+    status = kernels::KsFactorForwardCuda(params, nullptr);  // FAILED_PRECONDITION in this build
 #endif
   } else {
     status = absl::InvalidArgumentError("unsupported device: " + x.device().str());

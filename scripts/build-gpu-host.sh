@@ -10,9 +10,15 @@ repo=$(cd "$here/.." && pwd)
 debs=${1:-$repo/.deps/gpu-host}
 prefix=${2:-/opt/ksserve-deps}
 
-[ -d "$debs/required" ] || { echo "no .deb set in $debs: run scripts/fetch-gpu-host-debs.sh first" >&2; exit 1; }
+shopt -s nullglob
+required=("$debs"/required/*.deb)
+[ ${#required[@]} -gt 0 ] || { echo "no .deb set in $debs: run scripts/fetch-gpu-host-debs.sh first" >&2; exit 1; }
+# A prefix this script made is rebuilt from scratch, so no file of an older package survives.
+if [ -e "$prefix/.ksserve-deps" ]; then rm -rf "$prefix"; fi
+[ ! -e "$prefix" ] || [ -z "$(ls -A "$prefix")" ] || { echo "$prefix exists and is not ours; pass another PREFIX" >&2; exit 1; }
 mkdir -p "$prefix"
-for f in "$debs"/required/*.deb; do dpkg -x "$f" "$prefix"; done
+touch "$prefix/.ksserve-deps"
+for f in "${required[@]}"; do dpkg -x "$f" "$prefix"; done
 if [ ! -e /usr/include/curl/curl.h ] && [ ! -e /usr/include/x86_64-linux-gnu/curl/curl.h ]; then
   for f in "$debs"/optional/*.deb; do dpkg -x "$f" "$prefix"; done
 fi

@@ -49,10 +49,11 @@ ksserve_fetch_prometheus_cpp() {
          "update KSSERVE_PROMETHEUS_CPP_VERSION in scripts/deps.sh after checking the new one" >&2
     return 1
   fi
-  local push=("$dest"/libprometheus-cpp-push1.0_*.deb) tmp
+  local push=("$dest"/libprometheus-cpp-push1.0_*.deb) tmp status=0
   tmp=$(mktemp -d)
-  dpkg-deb -R "${push[0]}" "$tmp/pkg"
-  sed -i 's/libcurl4t64/libcurl4/' "$tmp/pkg/DEBIAN/control"
-  dpkg-deb -b "$tmp/pkg" "${push[0]}" >/dev/null
+  { dpkg-deb -R "${push[0]}" "$tmp/pkg" &&
+    sed -i 's/libcurl4t64/libcurl4/' "$tmp/pkg/DEBIAN/control" &&
+    dpkg-deb -b "$tmp/pkg" "${push[0]}" >/dev/null; } || status=$?
   rm -rf "$tmp"
+  return $status
 }

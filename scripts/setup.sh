@@ -92,8 +92,9 @@ else
       wheel=$(cuda_wheel_for "$lib") || die "libtorch needs $lib and no wheel is known for it (scripts/setup.sh: cuda_wheel_for)"
       wheels+=("$wheel")
     done
+    mapfile -t wheels < <(printf '%s\n' "${wheels[@]}" | sort -u)
     echo "CUDA libraries this machine lacks: ${absent[*]}"
-    "${pip[@]}" install -q --no-deps $(printf '%s\n' "${wheels[@]}" | sort -u)
+    "${pip[@]}" install -q --no-deps "${wheels[@]}"
   done
   "$KSSERVE_VENV/bin/python" -c 'import torch, torchvision, timm, transformers; assert float(torch.ones(3).sum()) == 3.0' \
     || die "the venv's torch does not import"

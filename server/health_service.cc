@@ -28,8 +28,7 @@ class HealthService::Watcher final : public grpc::ServerWriteReactor<HealthCheck
   // Ends the stream with OK once every queued update has been written.
   void FinishAfterWrites() {
     absl::MutexLock lock(&mu_);
-    finish_when_idle_ = true;
-    if (!writing_) FinishLocked(grpc::Status::OK);
+    FinishLocked(grpc::Status::OK);
   }
 
   void OnWriteDone(bool ok) override {
@@ -40,8 +39,8 @@ class HealthService::Watcher final : public grpc::ServerWriteReactor<HealthCheck
     } else if (pending_.has_value()) {
       const ServingStatus next = *std::exchange(pending_, std::nullopt);
       StartWriteLocked(next);
-    } else if (finish_when_idle_ || finish_status_.has_value()) {
-      FinishLocked(finish_status_.value_or(grpc::Status::OK));
+    } else if (finish_status_.has_value()) {
+      FinishLocked(*finish_status_);
     }
   }
 
@@ -63,7 +62,8 @@ class HealthService::Watcher final : public grpc::ServerWriteReactor<HealthCheck
     StartWrite(&response_);
   }
 
-  // Finish exactly once, and never with a write in flight (OnWriteDone finishes then).
+  // Finish exactly once, and never with a write in flight (OnWriteDone finishes then, after
+  // any update still pending).
   void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_) return;
     if (!finish_status_.has_value()) finish_status_ = status;
@@ -79,7 +79,6 @@ class HealthService::Watcher final : public grpc::ServerWriteReactor<HealthCheck
   std::optional<ServingStatus> pending_ ABSL_GUARDED_BY(mu_);
   std::optional<grpc::Status> finish_status_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool finish_when_idle_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 
@@ -107,13 +106,16 @@ grpc::ServerUnaryReactor* HealthService::Check(grpc::CallbackServerContext* cont
                                                const HealthCheckRequest* request,
                                                HealthCheckResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::MutexLock lock(&mu_);
-  const auto it = statuses_.find(request->service());
-  if (it == statuses_.end()) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown service: " + request->service()));
-  } else {
-    response->set_status(it->second);
+  std::optional<ServingStatus> status;
+  {
+    absl::MutexLock lock(&mu_);
+    if (const auto it = statuses_.find(request->service()); it != statuses_.end()) status = it->second;
+  }
+  if (status.has_value()) {
+    response->set_status(*status);
     reactor->Finish(grpc::Status::OK);
+  } else {
+    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown service: " + request->service()));
   }
   return reactor;
 }

@@ -1,4 +1,5 @@
 // ksserve: flags, signals and the server's lifetime. Everything else lives in server.cc.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -9,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -36,34 +38,44 @@ namespace {
 int termination_pipe[2] = {-1, -1};
 
 void OnTerminationSignal(int signal_number) {
+  const int saved_errno = errno;
   const unsigned char byte = static_cast<unsigned char>(signal_number);
-  [[maybe_unused]] const ssize_t written = write(termination_pipe[1], &byte, 1);
+  [[maybe_unused]] const ssize_t written = write(termination_pipe[1], &byte, 1);  // non-blocking
+  errno = saved_errno;
 }
 
-bool InstallTerminationHandlers() {
-  if (pipe(termination_pipe) != 0) return false;
+bool SetTerminationHandler(void (*handler)(int)) {
   struct sigaction action {};
-  action.sa_handler = OnTerminationSignal;
+  action.sa_handler = handler;
   action.sa_flags = SA_RESTART;
   sigemptyset(&action.sa_mask);
   return sigaction(SIGTERM, &action, nullptr) == 0 && sigaction(SIGINT, &action, nullptr) == 0;
 }
 
+bool InstallTerminationHandlers() {
+  if (pipe2(termination_pipe, O_CLOEXEC) != 0) return false;
+  if (fcntl(termination_pipe[1], F_SETFL, O_NONBLOCK) != 0) return false;
+  return SetTerminationHandler(OnTerminationSignal);
+}
+
+// Blocks until SIGTERM or SIGINT. Afterwards a second signal ends the process at once (the
+// default action), so a stuck drain can still be interrupted.
 int WaitForTerminationSignal() {
-  unsigned char byte = 0;
-  while (read(termination_pipe[0], &byte, 1) != 1) {
-    if (errno != EINTR) return SIGTERM;
-  }
-  return byte;
+  unsigned char byte = SIGTERM;
+  ssize_t n = 0;
+  do {
+    n = read(termination_pipe[0], &byte, 1);
+  } while (n < 0 && errno == EINTR);
+  SetTerminationHandler(SIG_DFL);
+  return n == 1 ? byte : SIGTERM;
 }
 
 bool WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
   const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << absl::StrFormat("{\"grpc_port\": %d, \"metrics_port\": %d}\n", grpc_port, metrics_port);
-    if (!out.good()) return false;
-  }
+  std::ofstream out(tmp, std::ios::trunc);
+  out << absl::StrFormat("{\"grpc_port\": %d, \"metrics_port\": %d}\n", grpc_port, metrics_port);
+  out.close();
+  if (!out) return false;
   std::error_code error;
   std::filesystem::rename(tmp, path, error);  // readers never see a partial file
   return !error;
@@ -73,7 +85,10 @@ bool WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("ksserve: gRPC inference server for Kronecker-sparse ViT and GPT-2 models");
-  absl::ParseCommandLine(argc, argv);
+  if (const std::vector<char*> rest = absl::ParseCommandLine(argc, argv); rest.size() > 1) {
+    ksserve::LogError("unexpected argument '%s' (flags are --name=value; see --help)", rest[1]);
+    return 1;
+  }
 
   if (!InstallTerminationHandlers()) {
     ksserve::LogError("cannot install signal handlers: %s", std::strerror(errno));
@@ -96,7 +111,9 @@ int main(int argc, char** argv) {
   if (const std::string port_file = absl::GetFlag(FLAGS_port_file); !port_file.empty()) {
     if (!WritePortFile(port_file, (*server)->grpc_port(), (*server)->metrics_port())) {
       ksserve::LogError("cannot write --port_file %s", port_file);
-      return 1;
+      (*server)->Shutdown(absl::ZeroDuration());
+      std::fflush(nullptr);
+      std::_Exit(1);
     }
   }
 

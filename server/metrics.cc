@@ -4,6 +4,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <exception>
 #include <vector>
 
@@ -22,6 +23,7 @@ extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t stack_size
   static const auto libc_set_stack_size =
       reinterpret_cast<SetStackSize>(dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
   constexpr size_t kMinStackSize = size_t{1} << 20;
+  if (libc_set_stack_size == nullptr) return EINVAL;
   return libc_set_stack_size(attr, std::max(stack_size, kMinStackSize));
 }
 

@@ -74,6 +74,11 @@ TEST_F(ServerIntegrationTest, HealthCheckIsServing) {
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
 
+  request.set_service("ksserve.v1.KsServe");
+  status = stub->Check(ContextWithDeadline().get(), request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+
   request.set_service("no.such.Service");
   status = stub->Check(ContextWithDeadline().get(), request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
@@ -119,6 +124,9 @@ TEST_F(ServerIntegrationTest, SigtermTurnsHealthNotServingThenExitsZero) {
   EXPECT_EQ(*exit_code, 0) << testing::ReadFile(server_->log_path());
   ASSERT_TRUE(got_update) << "Watch ended without reporting NOT_SERVING";
   EXPECT_EQ(update.status(), HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(watch->Read(&update)) << "stream should end after NOT_SERVING";
+  const grpc::Status finish = watch->Finish();
+  EXPECT_TRUE(finish.ok()) << finish.error_code() << " " << finish.error_message();
   // An open Watch stream is not in-flight work: it must not hold the drain to its 30 s limit.
   EXPECT_LT(absl::Now() - start, absl::Seconds(15));
   EXPECT_TRUE(absl::StrContains(testing::ReadFile(server_->log_path()), "draining"));
@@ -140,6 +148,15 @@ TEST_F(ServerIntegrationTest, BusyMetricsPortFailsStartUpWithAMessage) {
   EXPECT_TRUE(absl::StrContains(second->output, "cannot serve metrics")) << second->output;
 }
 
+TEST_F(ServerIntegrationTest, BusyGrpcPortFailsStartUpWithAMessage) {
+  absl::StatusOr<testing::CommandResult> second = testing::RunCommand(
+      KSSERVE_BINARY, {"--grpc_address=127.0.0.1:" + std::to_string(server_->grpc_port()),
+                       "--metrics_address=127.0.0.1:0"});
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(second->output, "cannot serve gRPC")) << second->output;
+}
+
 TEST(ServerStartUpTest, BadArgumentsFailWithAMessage) {
   struct Case {
     std::vector<std::string> args;
@@ -148,6 +165,8 @@ TEST(ServerStartUpTest, BadArgumentsFailWithAMessage) {
       {{"--grpc_address=not-an-address", "--metrics_address=127.0.0.1:0"}, "cannot serve gRPC"},
       {{"--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0", "--model_repo=/no/such/dir"},
        "is not a directory"},
+      {{"--no_such_flag=1"}, "no_such_flag"},
+      {{"--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0", "stray"}, "unexpected argument 'stray'"},
   };
   for (const Case& c : cases) {
     absl::StatusOr<testing::CommandResult> run = testing::RunCommand(KSSERVE_BINARY, c.args);

@@ -52,6 +52,8 @@ def test_health_check_and_watch(server):
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     proc.send_signal(signal.SIGTERM)
     assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(StopIteration):  # the stream ends cleanly (OK) after NOT_SERVING
+        next(watch)
     assert proc.wait(timeout=30) == 0
 
 
