@@ -1,8 +1,12 @@
 #include "kernels/ks_matmul.h"
 
+#include <algorithm>
+#include <cstring>
 #include <limits>
 
 #include "absl/strings/str_format.h"
+#include "kernels/epilogue.h"
+#include "kernels/half.h"
 
 #if KSSERVE_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -15,10 +19,109 @@ namespace {
 
 bool MulOverflows(int64_t x, int64_t y, int64_t* out) { return __builtin_mul_overflow(x, y, out); }
 
+// Storage type ↔ FP32 for the CPU loops.
+struct F32 {
+  using Storage = float;
+  static float Load(float v) { return v; }
+  static float Store(float v) { return v; }
+};
+struct BF16 {
+  using Storage = uint16_t;
+  static float Load(uint16_t v) { return BFloat16ToFloat(v); }
+  static uint16_t Store(float v) { return FloatToBFloat16(v); }
+};
+struct F16 {
+  using Storage = uint16_t;
+  static float Load(uint16_t v) { return HalfToFloat(v); }
+  static uint16_t Store(float v) { return FloatToHalf(v); }
+};
+
+template <typename Type>
+void FactorCpu(const KsFactorParams& p) {
+  using T = typename Type::Storage;
+  const auto [a, b, c, d] = p.pattern;
+  const int64_t in = p.pattern.in_features(), out = p.pattern.out_features();
+  const T* x = static_cast<const T*>(p.x);
+  const T* w = static_cast<const T*>(p.w);
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
+
+  // Weights and bias once in FP32; one (i) block of y accumulated in FP32 at a time.
+  std::vector<float> w32(static_cast<size_t>(p.pattern.nonzeros()));
+  for (size_t k = 0; k < w32.size(); ++k) w32[k] = Type::Load(w[k]);
+  std::vector<float> x_block(static_cast<size_t>(c * d)), y_block(static_cast<size_t>(b * d));
+  for (int64_t n = 0; n < p.batch; ++n) {
+    for (int64_t i = 0; i < a; ++i) {
+      const T* x_in = x + n * in + i * c * d;
+      for (int64_t k = 0; k < c * d; ++k) x_block[static_cast<size_t>(k)] = Type::Load(x_in[k]);
+      std::fill(y_block.begin(), y_block.end(), 0.0f);
+      // j (stride 1 in x, w and y) innermost.
+      for (int64_t r = 0; r < b; ++r) {
+        float* y_vec = y_block.data() + r * d;
+        for (int64_t s = 0; s < c; ++s) {
+          const float* x_vec = x_block.data() + s * d;
+          const float* w_vec = w32.data() + ((i * b + r) * c + s) * d;
+          for (int64_t j = 0; j < d; ++j) y_vec[j] += x_vec[j] * w_vec[j];
+        }
+      }
+      T* y_out = y + n * out + i * b * d;
+      for (int64_t k = 0; k < b * d; ++k) {
+        float v = y_block[static_cast<size_t>(k)];
+        if (bias != nullptr) v += Type::Load(bias[i * b * d + k]);
+        y_out[k] = Type::Store(ApplyActivation(v, p.activation));
+      }
+    }
+  }
+}
+
+// Runs a chain as factor calls through `factor`, ping-ponging intermediates in the workspace.
+template <typename FactorFn>
+absl::Status RunChain(const KsChainParams& p, FactorFn factor) {
+  if (absl::Status s = ValidateChain(p.patterns); !s.ok()) return s;
+  if (p.weights.size() != p.patterns.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat("%d weight tensors for a chain of %d factors",
+                                                      p.weights.size(), p.patterns.size()));
+  }
+  const absl::StatusOr<int64_t> workspace_bytes = ChainWorkspaceBytes(p.patterns, p.batch, p.dtype);
+  if (!workspace_bytes.ok()) return workspace_bytes.status();
+  if (*workspace_bytes > 0 && p.batch > 0 && p.workspace == nullptr) {
+    return absl::InvalidArgumentError("a chain of several factors needs a workspace");
+  }
+  const size_t last = p.patterns.size() - 1;
+  const int64_t half = *workspace_bytes / 2;  // two ping-pong buffers when there are ≥ 3 factors
+  const void* input = p.x;
+  for (size_t l = 0; l <= last; ++l) {
+    void* output = l == last ? p.y : static_cast<char*>(p.workspace) + (l % 2 == 1 && last >= 2 ? half : 0);
+    const KsFactorParams factor_params{.x = input,
+                                       .w = p.weights[l],
+                                       .bias = l == last ? p.bias : nullptr,
+                                       .y = output,
+                                       .batch = p.batch,
+                                       .pattern = p.patterns[l],
+                                       .dtype = p.dtype,
+                                       .activation = l == last ? p.activation : Activation::kNone};
+    if (absl::Status s = factor(factor_params); !s.ok()) return s;
+    input = output;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string PatternToString(const KsPattern& p) {
   return absl::StrFormat("(%d,%d,%d,%d)", p.a, p.b, p.c, p.d);
+}
+
+std::string DTypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return "float32";
+    case DType::kBFloat16:
+      return "bfloat16";
+    case DType::kFloat16:
+      return "float16";
+  }
+  return "unknown";
 }
 
 absl::Status ValidatePattern(const KsPattern& p) {
@@ -35,17 +138,37 @@ absl::Status ValidatePattern(const KsPattern& p) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateChain(absl::Span<const KsPattern> chain) {
+  if (chain.empty()) return absl::InvalidArgumentError("a KS chain needs at least one factor");
+  for (size_t l = 0; l < chain.size(); ++l) {
+    if (absl::Status s = ValidatePattern(chain[l]); !s.ok()) return s;
+    if (l > 0 && chain[l].in_features() != chain[l - 1].out_features()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "KS chain: factor %d %s outputs %d features but factor %d %s takes %d", l - 1,
+          PatternToString(chain[l - 1]), chain[l - 1].out_features(), l, PatternToString(chain[l]),
+          chain[l].in_features()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateFactorParams(const KsFactorParams& params) {
   if (absl::Status s = ValidatePattern(params.pattern); !s.ok()) return s;
+  if (params.dtype != DType::kFloat32 && params.dtype != DType::kBFloat16 && params.dtype != DType::kFloat16) {
+    return absl::InvalidArgumentError("unknown dtype");
+  }
+  if (params.activation != Activation::kNone && params.activation != Activation::kRelu &&
+      params.activation != Activation::kGeluTanh && params.activation != Activation::kGeluErf) {
+    return absl::InvalidArgumentError("unknown activation");
+  }
   if (params.batch < 0) {
     return absl::InvalidArgumentError(absl::StrFormat("batch must be >= 0, got %d", params.batch));
   }
+  const int64_t max_elements = std::numeric_limits<int64_t>::max() / DTypeSize(params.dtype);
   int64_t x_elems = 0, y_elems = 0;
   if (MulOverflows(params.batch, params.pattern.in_features(), &x_elems) ||
-      MulOverflows(params.batch, params.pattern.out_features(), &y_elems) ||
-      params.pattern.nonzeros() > std::numeric_limits<int64_t>::max() / static_cast<int64_t>(sizeof(float)) ||
-      x_elems > std::numeric_limits<int64_t>::max() / static_cast<int64_t>(sizeof(float)) ||
-      y_elems > std::numeric_limits<int64_t>::max() / static_cast<int64_t>(sizeof(float))) {
+      MulOverflows(params.batch, params.pattern.out_features(), &y_elems) || x_elems > max_elements ||
+      y_elems > max_elements || params.pattern.nonzeros() > max_elements) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "batch %d with pattern %s overflows 64-bit sizes", params.batch, PatternToString(params.pattern)));
   }
@@ -57,25 +180,17 @@ absl::Status ValidateFactorParams(const KsFactorParams& params) {
 
 absl::Status KsFactorForwardCpu(const KsFactorParams& params) {
   if (absl::Status s = ValidateFactorParams(params); !s.ok()) return s;
-  const auto [a, b, c, d] = params.pattern;
-  const int64_t in = params.pattern.in_features(), out = params.pattern.out_features();
-  // Loop order keeps j (stride 1 in x, w and y) innermost; each (n, i) block of y is
-  // accumulated in place over s.
-  for (int64_t n = 0; n < params.batch; ++n) {
-    const float* x_row = params.x + n * in;
-    float* y_row = params.y + n * out;
-    for (int64_t i = 0; i < a; ++i) {
-      float* y_block = y_row + i * b * d;
-      for (int64_t k = 0; k < b * d; ++k) y_block[k] = 0.0f;
-      for (int64_t s = 0; s < c; ++s) {
-        const float* x_vec = x_row + (i * c + s) * d;
-        for (int64_t r = 0; r < b; ++r) {
-          const float* w_vec = params.w + ((i * b + r) * c + s) * d;
-          float* y_vec = y_block + r * d;
-          for (int64_t j = 0; j < d; ++j) y_vec[j] += x_vec[j] * w_vec[j];
-        }
-      }
-    }
+  if (params.batch == 0) return absl::OkStatus();  // pointers may be null
+  switch (params.dtype) {
+    case DType::kFloat32:
+      FactorCpu<F32>(params);
+      break;
+    case DType::kBFloat16:
+      FactorCpu<BF16>(params);
+      break;
+    case DType::kFloat16:
+      FactorCpu<F16>(params);
+      break;
   }
   return absl::OkStatus();
 }
@@ -84,7 +199,7 @@ absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream
   if (absl::Status s = ValidateFactorParams(params); !s.ok()) return s;
 #if KSSERVE_WITH_CUDA
   if (params.batch == 0) return absl::OkStatus();
-  if (cudaError_t err = cuda::LaunchKsFactorNaiveFp32(params, stream); err != cudaSuccess) {
+  if (cudaError_t err = cuda::LaunchKsFactorNaive(params, stream); err != cudaSuccess) {
     return absl::InternalError(
         absl::StrFormat("KS factor CUDA launch failed: %s", cudaGetErrorString(err)));
   }
@@ -93,6 +208,25 @@ absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream
   (void)stream;
   return absl::FailedPreconditionError("ksserve was built without CUDA (preset 'cpu')");
 #endif
+}
+
+absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, int64_t batch, DType dtype) {
+  if (absl::Status s = ValidateChain(chain); !s.ok()) return s;
+  if (batch < 0) return absl::InvalidArgumentError(absl::StrFormat("batch must be >= 0, got %d", batch));
+  int64_t widest = 0;
+  for (size_t l = 0; l + 1 < chain.size(); ++l) widest = std::max(widest, chain[l].out_features());
+  const int64_t buffers = std::min<int64_t>(static_cast<int64_t>(chain.size()) - 1, 2);
+  int64_t elements = 0, bytes = 0;
+  if (MulOverflows(batch, widest, &elements) || MulOverflows(elements, DTypeSize(dtype) * buffers, &bytes)) {
+    return absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
+  }
+  return bytes;
+}
+
+absl::Status KsChainForwardCpu(const KsChainParams& params) { return RunChain(params, KsFactorForwardCpu); }
+
+absl::Status KsChainForwardCuda(const KsChainParams& params, CudaStream stream) {
+  return RunChain(params, [stream](const KsFactorParams& factor) { return KsFactorForwardCuda(factor, stream); });
 }
 
 }  // namespace ksserve::kernels

@@ -1,9 +1,16 @@
 // Kronecker-sparse matrix multiplication: the public, CUDA-free and LibTorch-free API.
+//
+// A KS linear layer is a chain W = K_1 ⋯ K_L applied right to left; as in the paper, chain
+// lists start with the rightmost factor (applied first). Adjacent factors must agree:
+// a_{l+1}·b_{l+1}·d_{l+1} = a_l·c_l·d_l (zero-based: the output of chain[l] feeds chain[l+1]).
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "kernels/ks_params.h"
 
 struct CUstream_st;
@@ -16,15 +23,38 @@ using CudaStream = CUstream_st*;
 // OK for a pattern of positive sizes whose products fit in int64.
 absl::Status ValidatePattern(const KsPattern& pattern);
 std::string PatternToString(const KsPattern& pattern);
+std::string DTypeName(DType dtype);
+
+// Each pattern valid, at least one, and each factor's output the next one's input.
+absl::Status ValidateChain(absl::Span<const KsPattern> chain);
 
 // Validates pointers, sizes and overflow of batch × features; shared by every backend.
 absl::Status ValidateFactorParams(const KsFactorParams& params);
 
-// FP32 factor product on the CPU (blocked loops, one thread).
+// One factor on the CPU (blocked loops, FP32 accumulation, one thread).
 absl::Status KsFactorForwardCpu(const KsFactorParams& params);
 
-// FP32 factor product on the current CUDA device, enqueued on `stream`; pointers are device
-// memory. FAILED_PRECONDITION when ksserve was built without CUDA.
+// One factor on the current CUDA device, enqueued on `stream`; pointers are device memory.
+// FAILED_PRECONDITION when ksserve was built without CUDA.
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream);
+
+// A whole chain y = act(x · (K_1 ⋯ K_L)ᵀ + bias). Intermediates are rounded to `dtype`, as
+// between two factor calls, and live in `workspace` (ChainWorkspaceBytes; same memory space as
+// x and y). Bias and activation apply to the last factor only.
+struct KsChainParams {
+  const void* x = nullptr;
+  void* y = nullptr;
+  const void* bias = nullptr;             // [out_features] of the chain, or null
+  std::vector<KsPattern> patterns;        // rightmost factor first
+  std::vector<const void*> weights;       // one [a][b][c][d] tensor per pattern
+  void* workspace = nullptr;
+  int64_t batch = 0;
+  DType dtype = DType::kFloat32;
+  Activation activation = Activation::kNone;
+};
+
+absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, int64_t batch, DType dtype);
+absl::Status KsChainForwardCpu(const KsChainParams& params);
+absl::Status KsChainForwardCuda(const KsChainParams& params, CudaStream stream);
 
 }  // namespace ksserve::kernels

@@ -22,14 +22,26 @@ struct KsPattern {
   }
 };
 
-// One factor applied batch-first (tokens × features):
-//   y[n, i, r, j] = Σ_s x[n, i, s, j] · w[i, r, s, j]
+// Element type of x, w, bias and y. Products accumulate in FP32 for every type; FP32 is strict
+// (no TF32).
+enum class DType : uint8_t { kFloat32, kBFloat16, kFloat16 };
+
+constexpr int64_t DTypeSize(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
+
+// Applied to y after the bias, in FP32, before the final rounding to the output type.
+enum class Activation : uint8_t { kNone, kRelu, kGeluTanh, kGeluErf };
+
+// One factor applied batch-first (tokens × features), with an optional epilogue:
+//   y[n, i, r, j] = act( Σ_s x[n, i, s, j] · w[i, r, s, j]  + bias[i, r, j] )
 struct KsFactorParams {
-  const float* x = nullptr;  // [batch, a·c·d], row-major
-  const float* w = nullptr;  // [a][b][c][d], the interchange layout
-  float* y = nullptr;        // [batch, a·b·d], row-major; must not alias x or w
+  const void* x = nullptr;     // [batch, a·c·d], row-major
+  const void* w = nullptr;     // [a][b][c][d], the interchange layout
+  const void* bias = nullptr;  // [a·b·d] or null
+  void* y = nullptr;           // [batch, a·b·d], row-major; must not alias x, w or bias
   int64_t batch = 0;
   KsPattern pattern;
+  DType dtype = DType::kFloat32;
+  Activation activation = Activation::kNone;
 };
 
 }  // namespace ksserve::kernels

@@ -19,60 +19,121 @@ std::string Describe(const torch::Tensor& t) {
                          t.device().str());
 }
 
-}  // namespace
-
-absl::StatusOr<torch::Tensor> KsFactorForward(const torch::Tensor& x, const torch::Tensor& w) {
-  if (!x.defined() || !w.defined()) return absl::InvalidArgumentError("x and w must be defined");
-  if (w.dim() != 4) {
-    return absl::InvalidArgumentError("KS weights must be [a, b, c, d], got " + Describe(w));
+absl::StatusOr<kernels::DType> ToDType(torch::ScalarType type) {
+  switch (type) {
+    case torch::kFloat32:
+      return kernels::DType::kFloat32;
+    case torch::kBFloat16:
+      return kernels::DType::kBFloat16;
+    case torch::kFloat16:
+      return kernels::DType::kFloat16;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("KS layers take float32, bfloat16 or float16, got ", c10::toString(type)));
   }
+}
+
+// Checks that every defined tensor matches x in dtype and device and is contiguous.
+absl::Status CheckAlike(const torch::Tensor& x, const std::vector<const torch::Tensor*>& others) {
+  if (!x.defined()) return absl::InvalidArgumentError("x must be defined");
+  for (const torch::Tensor* t : others) {
+    if (!t->defined()) return absl::InvalidArgumentError("weights and bias must be defined");
+    if (t->scalar_type() != x.scalar_type()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("x and the weights/bias must share one dtype: x %s, got %s", Describe(x), Describe(*t)));
+    }
+    if (t->device() != x.device()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("x and the weights/bias on different devices: x %s, got %s", Describe(x), Describe(*t)));
+    }
+    if (!t->is_contiguous()) return absl::InvalidArgumentError("weights and bias must be contiguous");
+  }
+  if (!x.is_contiguous()) return absl::InvalidArgumentError("x must be contiguous");
+  if (!x.is_cpu() && !x.is_cuda()) return absl::InvalidArgumentError("unsupported device: " + x.device().str());
+  return ToDType(x.scalar_type()).status();
+}
+
+absl::StatusOr<kernels::KsPattern> PatternOf(const torch::Tensor& w) {
+  if (w.dim() != 4) return absl::InvalidArgumentError("KS weights must be [a, b, c, d], got " + Describe(w));
   const kernels::KsPattern pattern{w.size(0), w.size(1), w.size(2), w.size(3)};
   if (absl::Status s = kernels::ValidatePattern(pattern); !s.ok()) return s;
-  if (x.dim() != 2 || x.size(1) != pattern.in_features()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "x must be [batch, %d] for pattern %s, got %s", pattern.in_features(),
-        kernels::PatternToString(pattern), Describe(x)));
+  return pattern;
+}
+
+absl::StatusOr<torch::Tensor> Empty(at::IntArrayRef sizes, const torch::TensorOptions& options) {
+  try {
+    return at::empty(sizes, options);
+  } catch (const c10::OutOfMemoryError& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("KS layer buffers: ", e.what_without_backtrace()));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("KS layer buffers: ", e.what_without_backtrace()));
   }
-  if (x.scalar_type() != torch::kFloat32 || w.scalar_type() != torch::kFloat32) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("x and w must be float32, got x %s, w %s", Describe(x), Describe(w)));
+}
+
+// Runs `cpu` or `cuda` (the latter on x's device and its current stream).
+template <typename CpuFn, typename CudaFn>
+absl::Status OnDevice(const torch::Tensor& x, CpuFn cpu, CudaFn cuda) {
+  if (x.is_cpu()) return cpu();
+#if KSSERVE_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(x.device());
+  return cuda(c10::cuda::getCurrentCUDAStream().stream());
+#else
+  return cuda(nullptr);  // FAILED_PRECONDITION in this build
+#endif
+}
+
+}  // namespace
+
+absl::StatusOr<torch::Tensor> KsFactorForward(const torch::Tensor& x, const torch::Tensor& w,
+                                              const std::optional<torch::Tensor>& bias,
+                                              kernels::Activation activation) {
+  return KsChainForward(x, {w}, bias, activation);
+}
+
+absl::StatusOr<torch::Tensor> KsChainForward(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+                                             const std::optional<torch::Tensor>& bias,
+                                             kernels::Activation activation) {
+  std::vector<const torch::Tensor*> others;
+  kernels::KsChainParams params;
+  for (const torch::Tensor& w : weights) {
+    others.push_back(&w);
+    absl::StatusOr<kernels::KsPattern> pattern = PatternOf(w);
+    if (!pattern.ok()) return pattern.status();
+    params.patterns.push_back(*pattern);
   }
-  if (x.device() != w.device()) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("x and w on different devices: x %s, w %s", Describe(x), Describe(w)));
+  if (absl::Status s = kernels::ValidateChain(params.patterns); !s.ok()) return s;
+  if (bias.has_value()) others.push_back(&*bias);
+  if (absl::Status s = CheckAlike(x, others); !s.ok()) return s;
+  const int64_t in = params.patterns.front().in_features(), out = params.patterns.back().out_features();
+  if (x.dim() != 2 || x.size(1) != in) {
+    return absl::InvalidArgumentError(absl::StrFormat("x must be [batch, %d] for pattern %s, got %s", in,
+                                                      kernels::PatternToString(params.patterns.front()),
+                                                      Describe(x)));
   }
-  if (!x.is_contiguous() || !w.is_contiguous()) {
-    return absl::InvalidArgumentError("x and w must be contiguous");
+  if (bias.has_value() && (bias->dim() != 1 || bias->size(0) != out)) {
+    return absl::InvalidArgumentError(absl::StrFormat("bias must be [%d], got %s", out, Describe(*bias)));
   }
 
-  torch::Tensor y;
-  try {
-    y = at::empty({x.size(0), pattern.out_features()}, x.options());
-  } catch (const c10::OutOfMemoryError& e) {
-    return absl::ResourceExhaustedError(absl::StrCat("KS factor output: ", e.what_without_backtrace()));
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("KS factor output: ", e.what_without_backtrace()));
-  }
-  const kernels::KsFactorParams params{.x = x.const_data_ptr<float>(),
-                                       .w = w.const_data_ptr<float>(),
-                                       .y = y.mutable_data_ptr<float>(),
-                                       .batch = x.size(0),
-                                       .pattern = pattern};
-  absl::Status status;
-  if (x.is_cpu()) {
-    status = kernels::KsFactorForwardCpu(params);
-  } else if (x.is_cuda()) {
-#if KSSERVE_WITH_CUDA
-    const c10::cuda::CUDAGuard guard(x.device());
-    status = kernels::KsFactorForwardCuda(params, c10::cuda::getCurrentCUDAStream().stream());
-#else
-    status = kernels::KsFactorForwardCuda(params, nullptr);  // FAILED_PRECONDITION in this build
-#endif
-  } else {
-    status = absl::InvalidArgumentError("unsupported device: " + x.device().str());
-  }
+  params.dtype = *ToDType(x.scalar_type());
+  params.batch = x.size(0);
+  params.activation = activation;
+  absl::StatusOr<int64_t> workspace_bytes = kernels::ChainWorkspaceBytes(params.patterns, params.batch, params.dtype);
+  if (!workspace_bytes.ok()) return workspace_bytes.status();
+  absl::StatusOr<torch::Tensor> y = Empty({params.batch, out}, x.options());
+  absl::StatusOr<torch::Tensor> workspace = Empty({*workspace_bytes}, x.options().dtype(torch::kUInt8));
+  if (!y.ok()) return y.status();
+  if (!workspace.ok()) return workspace.status();
+
+  params.x = x.const_data_ptr();
+  params.y = y->mutable_data_ptr();
+  params.bias = bias.has_value() ? bias->const_data_ptr() : nullptr;
+  params.workspace = workspace->mutable_data_ptr();
+  for (const torch::Tensor& w : weights) params.weights.push_back(w.const_data_ptr());
+  absl::Status status = OnDevice(
+      x, [&] { return kernels::KsChainForwardCpu(params); },
+      [&](kernels::CudaStream stream) { return kernels::KsChainForwardCuda(params, stream); });
   if (!status.ok()) return status;
-  return y;
+  return *std::move(y);
 }
 
 }  // namespace ksserve::models

@@ -1,16 +1,29 @@
 // LibTorch entry points to the kernel library: validate tensors once here, then call the
-// raw-pointer kernels on the tensor's device and current stream.
+// raw-pointer kernels on the tensors' device and current stream.
 #pragma once
 
 #include <torch/types.h>
 
+#include <optional>
+#include <vector>
+
 #include "absl/status/statusor.h"
+#include "kernels/ks_params.h"
 
 namespace ksserve::models {
 
-// y = x · Kᵀ for one Kronecker-sparse factor K with weights `w` of shape [a, b, c, d].
-// x: [batch, a·c·d] float32, contiguous, on the same device as w (CPU or CUDA).
-// Returns [batch, a·b·d]; INVALID_ARGUMENT on a wrong device, dtype, layout or shape.
-absl::StatusOr<torch::Tensor> KsFactorForward(const torch::Tensor& x, const torch::Tensor& w);
+// y = act(x · Kᵀ + bias) for one Kronecker-sparse factor K with weights `w` of shape [a, b, c, d].
+// x: [batch, a·c·d]; bias: [a·b·d] or absent. All float32, bfloat16 or float16 (one dtype),
+// contiguous, on one device (CPU or CUDA). Returns [batch, a·b·d]; INVALID_ARGUMENT on a wrong
+// device, dtype, layout or shape.
+absl::StatusOr<torch::Tensor> KsFactorForward(const torch::Tensor& x, const torch::Tensor& w,
+                                              const std::optional<torch::Tensor>& bias = std::nullopt,
+                                              kernels::Activation activation = kernels::Activation::kNone);
+
+// A chain of factors, `weights` rightmost first (applied first); bias and activation apply after
+// the last factor.
+absl::StatusOr<torch::Tensor> KsChainForward(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+                                             const std::optional<torch::Tensor>& bias = std::nullopt,
+                                             kernels::Activation activation = kernels::Activation::kNone);
 
 }  // namespace ksserve::models

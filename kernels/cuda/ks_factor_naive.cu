@@ -1,36 +1,69 @@
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <algorithm>
 
 #include "kernels/cuda/launch.h"
+#include "kernels/epilogue.h"
 
 namespace ksserve::kernels::cuda {
 namespace {
 
-__global__ void KsFactorNaiveFp32Kernel(KsFactorParams p) {
+__device__ inline float ToFloat(float v) { return v; }
+__device__ inline float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ inline float ToFloat(__half v) { return __half2float(v); }
+template <typename T>
+__device__ inline T FromFloat(float v);
+template <>
+__device__ inline float FromFloat<float>(float v) { return v; }
+template <>
+__device__ inline __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <>
+__device__ inline __half FromFloat<__half>(float v) { return __float2half_rn(v); }
+
+template <typename T>
+__global__ void KsFactorNaiveKernel(KsFactorParams p) {
   const int64_t b = p.pattern.b, c = p.pattern.c, d = p.pattern.d;
   const int64_t out = p.pattern.out_features(), in = p.pattern.in_features();
   const int64_t total = p.batch * out;
+  const T* x_base = static_cast<const T*>(p.x);
+  const T* w_base = static_cast<const T*>(p.w);
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
   for (int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; idx < total;
        idx += int64_t{gridDim.x} * blockDim.x) {
-    // idx = ((n·a + i)·b + r)·d + j
-    const int64_t j = idx % d;
-    const int64_t r = (idx / d) % b;
-    const int64_t i = (idx / (b * d)) % p.pattern.a;
+    // idx = n·out + feature, feature = (i·b + r)·d + j
+    const int64_t feature = idx % out;
+    const int64_t j = feature % d;
+    const int64_t r = (feature / d) % b;
+    const int64_t i = feature / (b * d);
     const int64_t n = idx / out;
-    const float* x = p.x + n * in + i * c * d + j;
-    const float* w = p.w + (i * b + r) * c * d + j;
+    const T* x = x_base + n * in + i * c * d + j;
+    const T* w = w_base + (i * b + r) * c * d + j;
     float acc = 0.0f;
-    for (int64_t s = 0; s < c; ++s) acc = fmaf(x[s * d], w[s * d], acc);
-    p.y[idx] = acc;
+    for (int64_t s = 0; s < c; ++s) acc = fmaf(ToFloat(x[s * d]), ToFloat(w[s * d]), acc);
+    if (bias != nullptr) acc += ToFloat(bias[feature]);
+    y[idx] = FromFloat<T>(ApplyActivation(acc, p.activation));
   }
 }
 
 }  // namespace
 
-cudaError_t LaunchKsFactorNaiveFp32(const KsFactorParams& params, cudaStream_t stream) {
+cudaError_t LaunchKsFactorNaive(const KsFactorParams& params, cudaStream_t stream) {
   constexpr int kThreads = 256;
   const int64_t total = params.batch * params.pattern.out_features();
-  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t{1} << 20);
-  KsFactorNaiveFp32Kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(params);
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t{1} << 20));
+  switch (params.dtype) {
+    case DType::kFloat32:
+      KsFactorNaiveKernel<float><<<blocks, kThreads, 0, stream>>>(params);
+      break;
+    case DType::kBFloat16:
+      KsFactorNaiveKernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(params);
+      break;
+    case DType::kFloat16:
+      KsFactorNaiveKernel<__half><<<blocks, kThreads, 0, stream>>>(params);
+      break;
+  }
   return cudaGetLastError();
 }
 

@@ -1,5 +1,5 @@
-// The CUDA kernel through LibTorch: CUDA tensors in, results against the FP64 CPU reference.
-// Skips cleanly on machines (or builds) without a CUDA device.
+// The CUDA kernels through LibTorch: CUDA tensors in every dtype, epilogues and chains, against
+// the FP64 reference computed by torch on the CPU. Skips cleanly without CUDA (build or device).
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
@@ -7,6 +7,7 @@
 #include "kernels/device.h"
 #include "kernels/ks_matmul.h"
 #include "models/ks_ops.h"
+#include "tests/testing/torch_reference.h"
 
 #if KSSERVE_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -15,24 +16,20 @@
 namespace ksserve::models {
 namespace {
 
+using kernels::Activation;
+using testing::TorchChainReference;
+using testing::TorchRelativeError;
+
 class CudaTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!kernels::GetKernelBuildInfo().cuda_enabled) GTEST_SKIP() << "built without CUDA";
     if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   }
+  const torch::Device cuda_{torch::kCUDA, 0};
 };
 
-torch::Tensor DenseReference(const torch::Tensor& x, const torch::Tensor& w) {
-  const torch::Tensor x64 = x.cpu().to(torch::kFloat64), w64 = w.cpu().to(torch::kFloat64);
-  const int64_t a = w.size(0), b = w.size(1), c = w.size(2), d = w.size(3);
-  const torch::Tensor xs = x64.reshape({x.size(0), a, c, d});
-  return torch::einsum("nisj,irsj->nirj", {xs, w64}).reshape({x.size(0), a * b * d});
-}
-
-double RelativeError(const torch::Tensor& got, const torch::Tensor& ref) {
-  return (got.cpu().to(torch::kFloat64) - ref).norm().item<double>() / ref.norm().item<double>();
-}
+double Tolerance(torch::ScalarType dtype) { return dtype == torch::kFloat32 ? 1e-5 : 1e-2; }
 
 TEST_F(CudaTest, DevicesAreListed) {
   const std::vector<kernels::CudaDeviceInfo> devices = kernels::ListCudaDevices();
@@ -41,40 +38,57 @@ TEST_F(CudaTest, DevicesAreListed) {
   EXPECT_GT(devices[0].multiprocessor_count, 0);
 }
 
-TEST_F(CudaTest, OpMatchesDenseFp64Reference) {
-  const torch::Device cuda(torch::kCUDA, 0);
-  for (const auto& [pattern, batch] : std::vector<std::pair<std::vector<int64_t>, int64_t>>{
-           {{2, 48, 192, 1}, 197}, {{1, 192, 48, 2}, 1}, {{6, 64, 64, 1}, 1568}, {{1, 768, 192, 2}, 3},
-           {{3, 5, 7, 2}, 10007}, {{16, 2, 2, 16}, 25088}}) {
-    const torch::Tensor w = (torch::rand(pattern, cuda) * 2 - 1) / pattern[2];
-    const torch::Tensor x = torch::randn({batch, pattern[0] * pattern[2] * pattern[3]}, cuda);
-    absl::StatusOr<torch::Tensor> y = KsFactorForward(x, w);
-    ASSERT_TRUE(y.ok()) << y.status();
-    ASSERT_TRUE(y->is_cuda());
-    EXPECT_LE(RelativeError(*y, DenseReference(x, w)), 1e-5) << c10::str(pattern) << " batch " << batch;
+// Model patterns, butterflies, odd shapes and the batch sizes of the correctness suite.
+TEST_F(CudaTest, ChainsMatchFp64ReferenceForEveryDTypeAndEpilogue) {
+  const std::vector<std::pair<std::vector<std::vector<int64_t>>, int64_t>> cases = {
+      {{{2, 48, 192, 1}, {1, 192, 48, 2}}, 196},     // ViT-S/16 attention projection
+      {{{6, 64, 64, 1}, {1, 768, 192, 2}}, 17},      // ViT-S/16 MLP up
+      {{{6, 64, 256, 1}, {1, 128, 128, 3}}, 1568},   // ViT-S/16 MLP down
+      {{{1, 2, 2, 8}, {2, 2, 2, 4}, {4, 2, 2, 2}, {8, 2, 2, 1}}, 10007},  // butterfly, prime batch
+      {{{13, 5, 7, 3}}, 2}, {{{3, 96, 48, 7}}, 3}, {{{1, 1, 1, 1}}, 1}, {{{16, 64, 64, 4}}, 25088}};
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    for (const auto& [patterns, batch] : cases) {
+      for (const Activation activation : {Activation::kNone, Activation::kGeluTanh, Activation::kGeluErf, Activation::kRelu}) {
+        std::vector<torch::Tensor> weights;
+        for (const auto& p : patterns) weights.push_back(((torch::rand(p, cuda_) * 2 - 1) / std::sqrt(p[2])).to(dtype));
+        const auto& last = patterns.back();
+        const torch::Tensor x = torch::randn({batch, patterns[0][0] * patterns[0][2] * patterns[0][3]}, cuda_).to(dtype);
+        const std::optional<torch::Tensor> bias =
+            activation == Activation::kNone ? std::nullopt
+                                            : std::optional(torch::randn({last[0] * last[1] * last[3]}, cuda_).to(dtype));
+        absl::StatusOr<torch::Tensor> y = KsChainForward(x, weights, bias, activation);
+        ASSERT_TRUE(y.ok()) << y.status();
+        ASSERT_TRUE(y->is_cuda());
+        EXPECT_LE(TorchRelativeError(*y, TorchChainReference(x, weights, bias, activation)), Tolerance(dtype))
+            << c10::toString(dtype) << " " << c10::str(patterns) << " batch " << batch << " activation "
+            << static_cast<int>(activation);
+      }
+    }
   }
 }
 
 #if KSSERVE_WITH_CUDA
 TEST_F(CudaTest, KernelWritesEveryOutputElement) {
-  const torch::Device cuda(torch::kCUDA, 0);
-  const std::vector<int64_t> pattern = {3, 7, 5, 3};
-  const int64_t batch = 17;
-  const torch::Tensor w = torch::randn(pattern, cuda);
-  const torch::Tensor x = torch::randn({batch, 3 * 5 * 3}, cuda);
-  torch::Tensor y = torch::full({batch, 3 * 7 * 3}, std::numeric_limits<float>::quiet_NaN(), cuda);
-  const kernels::KsFactorParams params{.x = x.const_data_ptr<float>(), .w = w.const_data_ptr<float>(),
-                                       .y = y.mutable_data_ptr<float>(), .batch = batch,
-                                       .pattern = {3, 7, 5, 3}};
-  ASSERT_TRUE(kernels::KsFactorForwardCuda(params, c10::cuda::getCurrentCUDAStream().stream()).ok());
-  EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
-  EXPECT_LE(RelativeError(y, DenseReference(x, w)), 1e-5);
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    const std::vector<int64_t> pattern = {3, 7, 5, 3};
+    const int64_t batch = 17;
+    const torch::Tensor w = torch::randn(pattern, cuda_).to(dtype);
+    const torch::Tensor x = torch::randn({batch, 3 * 5 * 3}, cuda_).to(dtype);
+    torch::Tensor y = torch::full({batch, 3 * 7 * 3}, std::numeric_limits<float>::quiet_NaN(), cuda_).to(dtype);
+    kernels::KsFactorParams params{.x = x.const_data_ptr(), .w = w.const_data_ptr(), .y = y.mutable_data_ptr(),
+                                   .batch = batch, .pattern = {3, 7, 5, 3}};
+    params.dtype = dtype == torch::kFloat32 ? kernels::DType::kFloat32
+                   : dtype == torch::kBFloat16 ? kernels::DType::kBFloat16 : kernels::DType::kFloat16;
+    ASSERT_TRUE(kernels::KsFactorForwardCuda(params, c10::cuda::getCurrentCUDAStream().stream()).ok());
+    EXPECT_TRUE(torch::isfinite(y).all().item<bool>()) << c10::toString(dtype);
+    EXPECT_LE(TorchRelativeError(y, TorchChainReference(x, {w}, std::nullopt, Activation::kNone)), Tolerance(dtype));
+  }
 }
 #endif
 
 TEST_F(CudaTest, MixedDevicesAreRejected) {
   const torch::Tensor w = torch::randn({2, 3, 4, 5});
-  const torch::Tensor x = torch::randn({7, 40}, torch::Device(torch::kCUDA, 0));
+  const torch::Tensor x = torch::randn({7, 40}, cuda_);
   const absl::StatusOr<torch::Tensor> y = KsFactorForward(x, w);
   ASSERT_FALSE(y.ok());
   EXPECT_EQ(y.status().code(), absl::StatusCode::kInvalidArgument);

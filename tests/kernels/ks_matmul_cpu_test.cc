@@ -1,79 +1,96 @@
-// CPU KS factor product against an independent dense FP64 reference.
-#include <cmath>
+// CPU KS kernels (factor and chain, every dtype and epilogue) against the FP64 dense reference,
+// on fresh random inputs and NaN-poisoned outputs; plus validation of bad parameters.
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/device.h"
+#include "kernels/half.h"
 #include "kernels/ks_matmul.h"
+#include "tests/testing/ks_reference.h"
 
 namespace ksserve::kernels {
 namespace {
 
-// Dense K (out × in) in FP64, built from the support definition (not from the kernel's loops).
-std::vector<double> Densify(const KsPattern& p, const std::vector<float>& w) {
-  const int64_t in = p.in_features(), out = p.out_features();
-  std::vector<double> dense(static_cast<size_t>(out * in), 0.0);
-  for (int64_t i = 0; i < p.a; ++i)
-    for (int64_t r = 0; r < p.b; ++r)
-      for (int64_t s = 0; s < p.c; ++s)
-        for (int64_t j = 0; j < p.d; ++j) {
-          const int64_t row = (i * p.b + r) * p.d + j, col = (i * p.c + s) * p.d + j;
-          dense[static_cast<size_t>(row * in + col)] = w[static_cast<size_t>(((i * p.b + r) * p.c + s) * p.d + j)];
-        }
-  return dense;
-}
+using testing::KsChainReference;
+using testing::RandomTyped;
+using testing::RelativeError;
+using testing::TypedBuffer;
 
-// ‖y − x·Kᵀ‖_F / ‖x·Kᵀ‖_F with the reference in FP64; NaN if any y is not finite.
-double RelativeError(const KsPattern& p, int64_t batch, const std::vector<float>& x,
-                     const std::vector<float>& w, const std::vector<float>& y) {
-  const std::vector<double> dense = Densify(p, w);
-  const int64_t in = p.in_features(), out = p.out_features();
-  double err = 0.0, norm = 0.0;
-  for (int64_t n = 0; n < batch; ++n)
-    for (int64_t o = 0; o < out; ++o) {
-      double ref = 0.0;
-      for (int64_t k = 0; k < in; ++k) ref += static_cast<double>(x[static_cast<size_t>(n * in + k)]) * dense[static_cast<size_t>(o * in + k)];
-      const double got = y[static_cast<size_t>(n * out + o)];
-      if (!std::isfinite(got)) return std::numeric_limits<double>::quiet_NaN();
-      err += (got - ref) * (got - ref);
-      norm += ref * ref;
-    }
-  return norm == 0.0 ? std::sqrt(err) : std::sqrt(err / norm);
-}
-
-struct Case {
-  KsPattern pattern;
+struct ChainCase {
+  std::string name;
+  std::vector<KsPattern> chain;  // rightmost first
   int64_t batch;
 };
 
-class KsFactorCpuTest : public ::testing::TestWithParam<Case> {};
+void PrintTo(const ChainCase& test, std::ostream* os) { *os << test.name; }
 
-TEST_P(KsFactorCpuTest, MatchesDenseFp64Reference) {
-  const auto [pattern, batch] = GetParam();
+std::vector<KsPattern> Butterfly(int64_t log2n) {
+  std::vector<KsPattern> chain;
+  for (int64_t l = 0; l < log2n; ++l) chain.push_back({int64_t{1} << l, 2, 2, int64_t{1} << (log2n - 1 - l)});
+  return chain;
+}
+
+double Tolerance(DType dtype) { return dtype == DType::kFloat32 ? 1e-5 : 1e-2; }
+
+class KsChainCpuTest : public ::testing::TestWithParam<ChainCase> {};
+
+TEST_P(KsChainCpuTest, EveryDTypeAndEpilogueMatchesFp64Reference) {
+  const ChainCase& test = GetParam();
   const unsigned seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "pattern " << PatternToString(pattern) << " batch " << batch << " seed " << seed);
   std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::uniform_real_distribution<float> uniform(-1.0f / static_cast<float>(pattern.c), 1.0f / static_cast<float>(pattern.c));
-  std::vector<float> x(static_cast<size_t>(batch * pattern.in_features()));
-  std::vector<float> w(static_cast<size_t>(pattern.nonzeros()));
-  std::vector<float> y(static_cast<size_t>(batch * pattern.out_features()), std::numeric_limits<float>::quiet_NaN());
-  for (float& v : x) v = normal(rng);
-  for (float& v : w) v = uniform(rng);
+  const int64_t in = test.chain.front().in_features(), out = test.chain.back().out_features();
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+    for (auto [activation, with_bias] : {std::pair{Activation::kNone, false}, std::pair{Activation::kGeluTanh, true},
+                                         std::pair{Activation::kGeluErf, true}, std::pair{Activation::kRelu, true}}) {
+      SCOPED_TRACE(::testing::Message() << test.name << " " << DTypeName(dtype) << " activation "
+                                        << static_cast<int>(activation) << " bias " << with_bias << " seed " << seed);
+      const TypedBuffer x = RandomTyped(dtype, test.batch * in, 0, 0, rng, /*normal=*/true);
+      std::vector<TypedBuffer> weights;
+      std::vector<std::vector<double>> weight_values;
+      KsChainParams params;
+      for (const KsPattern& p : test.chain) {
+        const double scale = 1.0 / std::sqrt(static_cast<double>(p.c));
+        weights.push_back(RandomTyped(dtype, p.nonzeros(), -2 * scale, 2 * scale, rng));
+        weight_values.push_back(weights.back().values);
+        params.weights.push_back(weights.back().bits.data());
+      }
+      const TypedBuffer bias = RandomTyped(dtype, out, -1, 1, rng);
+      TypedBuffer y = testing::PoisonedTyped(dtype, test.batch * out);
+      const absl::StatusOr<int64_t> workspace_bytes = ChainWorkspaceBytes(test.chain, test.batch, dtype);
+      ASSERT_TRUE(workspace_bytes.ok()) << workspace_bytes.status();
+      std::vector<uint8_t> workspace(static_cast<size_t>(*workspace_bytes));
 
-  const KsFactorParams params{.x = x.data(), .w = w.data(), .y = y.data(), .batch = batch, .pattern = pattern};
-  ASSERT_TRUE(KsFactorForwardCpu(params).ok());
-  EXPECT_LE(RelativeError(pattern, batch, x, w, y), 1e-5);  // NaN (unwritten output) fails too
+      params.x = x.bits.data();
+      params.y = y.bits.data();
+      params.bias = with_bias ? bias.bits.data() : nullptr;
+      params.patterns = test.chain;
+      params.workspace = workspace.data();
+      params.batch = test.batch;
+      params.dtype = dtype;
+      params.activation = activation;
+      ASSERT_TRUE(KsChainForwardCpu(params).ok());
+
+      const std::vector<double> ref =
+          KsChainReference(x.values, test.batch, test.chain, weight_values, with_bias ? &bias.values : nullptr, activation);
+      const std::vector<double> got = testing::TypedToDouble(dtype, y.bits.data(), test.batch * out);
+      EXPECT_LE(RelativeError(got, ref), Tolerance(dtype));  // NaN (an unwritten output) fails too
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Patterns, KsFactorCpuTest,
-    ::testing::Values(Case{{1, 1, 1, 1}, 1}, Case{{2, 3, 5, 7}, 3}, Case{{7, 5, 3, 1}, 17},
-                      Case{{3, 1, 7, 5}, 2}, Case{{1, 2, 2, 8}, 5},              // a butterfly factor
-                      Case{{2, 48, 192, 1}, 3}, Case{{1, 192, 48, 2}, 3},        // ViT-S/16 attention
-                      Case{{6, 64, 64, 1}, 2}, Case{{1, 128, 128, 3}, 2}));      // ViT-S/16 MLP
+    Chains, KsChainCpuTest,
+    ::testing::Values(ChainCase{"unit", {{1, 1, 1, 1}}, 1}, ChainCase{"odd", {{2, 3, 5, 7}}, 3},
+                      ChainCase{"odd_d1", {{7, 5, 3, 1}}, 17}, ChainCase{"odd_b1", {{3, 1, 7, 5}}, 2},
+                      ChainCase{"prime_a", {{13, 3, 7, 5}}, 2}, ChainCase{"wide", {{5, 48, 96, 3}}, 2},
+                      ChainCase{"vit_attention", {{2, 48, 192, 1}, {1, 192, 48, 2}}, 3},
+                      ChainCase{"vit_mlp_up", {{6, 64, 64, 1}, {1, 768, 192, 2}}, 2},
+                      ChainCase{"vit_mlp_down", {{6, 64, 256, 1}, {1, 128, 128, 3}}, 2},
+                      ChainCase{"butterfly_64", Butterfly(6), 5}),
+    [](const ::testing::TestParamInfo<ChainCase>& info) { return info.param.name; });
 
 TEST(KsFactorCpuTest, ZeroBatchIsANoOp) {
   const KsFactorParams params{.batch = 0, .pattern = {2, 3, 4, 5}};
@@ -94,22 +111,73 @@ TEST(KsPatternTest, RejectsOverflow) {
   EXPECT_TRUE(ValidatePattern({big, 1, 1, 1}).ok());
 }
 
-TEST(KsFactorParamsTest, RejectsBadBatchAndNullPointers) {
+TEST(KsChainTest, RejectsMismatchedAndEmptyChains) {
+  EXPECT_EQ(ValidateChain({}).code(), absl::StatusCode::kInvalidArgument);
+  const absl::Status mismatch = ValidateChain({{2, 48, 192, 1}, {1, 192, 48, 1}});  // 96 outputs, 48 inputs
+  EXPECT_EQ(mismatch.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(mismatch.message().find("outputs 96 features"), std::string::npos) << mismatch;
+  EXPECT_TRUE(ValidateChain(Butterfly(8)).ok());
+}
+
+TEST(KsChainTest, WorkspaceIsSizedForTheWidestIntermediate) {
+  // One buffer for two factors, two ping-pong buffers for more; none for one.
+  EXPECT_EQ(*ChainWorkspaceBytes({{2, 48, 192, 1}}, 7, DType::kFloat32), 0);
+  EXPECT_EQ(*ChainWorkspaceBytes({{6, 64, 64, 1}, {1, 768, 192, 2}}, 7, DType::kBFloat16), 7 * 384 * 2);
+  EXPECT_EQ(*ChainWorkspaceBytes(Butterfly(4), 3, DType::kFloat32), 2 * 3 * 16 * 4);
+}
+
+TEST(KsChainTest, MissingWorkspaceOrWeightsAreErrors) {
+  float buffer[64] = {};
+  KsChainParams params;
+  params.x = buffer;
+  params.y = buffer + 32;
+  params.patterns = {{1, 2, 2, 2}, {2, 2, 2, 1}};
+  params.weights = {buffer, buffer};
+  params.batch = 1;
+  EXPECT_EQ(KsChainForwardCpu(params).code(), absl::StatusCode::kInvalidArgument);  // no workspace
+  params.weights = {buffer};
+  params.workspace = buffer + 48;
+  EXPECT_EQ(KsChainForwardCpu(params).code(), absl::StatusCode::kInvalidArgument);  // one weight for two
+}
+
+TEST(KsFactorParamsTest, RejectsBadBatchNullPointersAndOverflow) {
   float buffer[8] = {};
   KsFactorParams params{.x = buffer, .w = buffer, .y = buffer, .batch = -1, .pattern = {1, 1, 1, 1}};
   EXPECT_EQ(KsFactorForwardCpu(params).code(), absl::StatusCode::kInvalidArgument);
   params.batch = 1;
-  params.w = nullptr;
-  EXPECT_EQ(KsFactorForwardCpu(params).code(), absl::StatusCode::kInvalidArgument);
+  for (const void** pointer : {&params.x, &params.w}) {
+    KsFactorParams bad = params;
+    *(pointer == &params.x ? &bad.x : &bad.w) = nullptr;
+    EXPECT_EQ(KsFactorForwardCpu(bad).code(), absl::StatusCode::kInvalidArgument);
+  }
+  KsFactorParams no_y = params;
+  no_y.y = nullptr;
+  EXPECT_EQ(KsFactorForwardCpu(no_y).code(), absl::StatusCode::kInvalidArgument);
   params = {.x = buffer, .w = buffer, .y = buffer, .batch = int64_t{1} << 62, .pattern = {1, 4, 4, 1}};
   EXPECT_EQ(KsFactorForwardCpu(params).code(), absl::StatusCode::kInvalidArgument);
+  params = {.x = buffer, .w = buffer, .y = buffer, .batch = 1, .pattern = {int64_t{1} << 31, int64_t{1} << 31, 2, 1}};
+  EXPECT_EQ(KsFactorForwardCpu(params).code(), absl::StatusCode::kInvalidArgument);  // weight bytes overflow
 }
 
-}  // namespace
-}  // namespace ksserve::kernels
-
-namespace ksserve::kernels {
-namespace {
+TEST(HalfTest, ConversionsRoundToNearestEven) {
+  EXPECT_EQ(FloatToHalf(1.0f), 0x3c00);
+  EXPECT_EQ(FloatToHalf(65504.0f), 0x7bff);
+  EXPECT_EQ(FloatToHalf(65520.0f), 0x7c00);                  // halfway to 2^16: rounds to infinity
+  EXPECT_EQ(FloatToHalf(1.0f + 1.0f / 2048), 0x3c00);        // tie, even stays
+  EXPECT_EQ(FloatToHalf(1.0f + 3.0f / 2048), 0x3c02);        // tie, odd rounds up
+  EXPECT_EQ(FloatToHalf(std::ldexp(1.0f, -24)), 0x0001);     // smallest subnormal
+  EXPECT_EQ(FloatToHalf(std::ldexp(1.0f, -25)), 0x0000);     // tie to even (zero)
+  EXPECT_EQ(FloatToHalf(-2.0f), 0xc000);
+  EXPECT_EQ(FloatToHalf(std::numeric_limits<float>::quiet_NaN()) & 0x7e00, 0x7e00);
+  for (uint32_t h = 0; h < 0x7c00; ++h) {  // every finite positive half round-trips
+    EXPECT_EQ(FloatToHalf(HalfToFloat(static_cast<uint16_t>(h))), h);
+  }
+  EXPECT_EQ(FloatToBFloat16(1.0f), 0x3f80);
+  EXPECT_EQ(FloatToBFloat16(std::bit_cast<float>(0x3f808000u)), 0x3f80);  // tie, even stays
+  EXPECT_EQ(FloatToBFloat16(std::bit_cast<float>(0x3f818000u)), 0x3f82);  // tie, odd rounds up
+  EXPECT_EQ(BFloat16ToFloat(0xc040), -3.0f);
+  EXPECT_TRUE(std::isnan(BFloat16ToFloat(FloatToBFloat16(std::numeric_limits<float>::quiet_NaN()))));
+}
 
 TEST(KsFactorCudaTest, CpuBuildAnswersFailedPrecondition) {
   if (GetKernelBuildInfo().cuda_enabled) GTEST_SKIP() << "CUDA build: covered by gpu_test";

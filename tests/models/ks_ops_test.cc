@@ -1,35 +1,38 @@
-// The LibTorch op wrapper on CPU: results against a dense FP64 product, and its validation.
+// The LibTorch op wrappers on CPU: results against torch's own FP64 arithmetic (an independent
+// path: einsum over the factors, torch's GELU/ReLU), and validation of bad tensors.
 #include <torch/torch.h>
 
 #include "gtest/gtest.h"
 #include "models/ks_ops.h"
+#include "tests/testing/torch_reference.h"
 
 namespace ksserve::models {
 namespace {
 
-// Reference: densify the factor in FP64 from the support definition and multiply.
-torch::Tensor DenseReference(const torch::Tensor& x, const torch::Tensor& w) {
-  const int64_t a = w.size(0), b = w.size(1), c = w.size(2), d = w.size(3);
-  // K[(i,r,j), (i',s,j')] = W[i,r,s,j] · δ(i,i') · δ(j,j')
-  torch::Tensor dense = torch::einsum(
-      "irsj,ik,jl->irjksl", {w.to(torch::kFloat64), torch::eye(a, torch::kFloat64), torch::eye(d, torch::kFloat64)});
-  dense = dense.reshape({a * b * d, a * c * d});
-  return x.to(torch::kFloat64).matmul(dense.t());
-}
+using kernels::Activation;
+using testing::TorchChainReference;
+using testing::TorchRelativeError;
 
-double RelativeError(const torch::Tensor& got, const torch::Tensor& ref) {
-  return (got.to(torch::kFloat64) - ref).norm().item<double>() / ref.norm().item<double>();
-}
-
-TEST(KsFactorForwardTest, MatchesDenseReferenceOnCpu) {
-  for (const auto& [pattern, batch] : std::vector<std::pair<std::vector<int64_t>, int64_t>>{
-           {{2, 48, 192, 1}, 17}, {{1, 192, 48, 2}, 3}, {{3, 5, 7, 2}, 1}, {{5, 1, 3, 7}, 196}}) {
-    torch::Tensor w = torch::rand(pattern) * 2 - 1;
-    torch::Tensor x = torch::randn({batch, pattern[0] * pattern[2] * pattern[3]});
-    absl::StatusOr<torch::Tensor> y = KsFactorForward(x, w);
-    ASSERT_TRUE(y.ok()) << y.status();
-    ASSERT_EQ(y->sizes(), (std::vector<int64_t>{batch, pattern[0] * pattern[1] * pattern[3]}));
-    EXPECT_LE(RelativeError(*y, DenseReference(x, w)), 1e-5) << c10::str(pattern);
+TEST(KsChainForwardTest, MatchesTorchFp64OnCpuForEveryDType) {
+  const std::vector<std::pair<std::vector<std::vector<int64_t>>, int64_t>> cases = {
+      {{{2, 48, 192, 1}}, 17}, {{{5, 1, 3, 7}}, 196}, {{{6, 64, 64, 1}, {1, 768, 192, 2}}, 3},
+      {{{1, 2, 2, 4}, {2, 2, 2, 2}, {4, 2, 2, 1}}, 5}};
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    for (const auto& [patterns, batch] : cases) {
+      for (const Activation activation : {Activation::kNone, Activation::kGeluTanh, Activation::kGeluErf, Activation::kRelu}) {
+        std::vector<torch::Tensor> weights;
+        for (const auto& p : patterns) weights.push_back(((torch::rand(p) * 2 - 1) / std::sqrt(p[2])).to(dtype));
+        const auto& last = patterns.back();
+        const torch::Tensor x = torch::randn({batch, patterns[0][0] * patterns[0][2] * patterns[0][3]}).to(dtype);
+        const std::optional<torch::Tensor> bias =
+            activation == Activation::kNone ? std::nullopt : std::optional(torch::randn({last[0] * last[1] * last[3]}).to(dtype));
+        absl::StatusOr<torch::Tensor> y = KsChainForward(x, weights, bias, activation);
+        ASSERT_TRUE(y.ok()) << y.status();
+        EXPECT_EQ(y->scalar_type(), dtype);
+        EXPECT_LE(TorchRelativeError(*y, TorchChainReference(x, weights, bias, activation)), dtype == torch::kFloat32 ? 1e-5 : 1e-2)
+            << c10::toString(dtype) << " " << c10::str(patterns) << " activation " << static_cast<int>(activation);
+      }
+    }
   }
 }
 
@@ -38,22 +41,27 @@ TEST(KsFactorForwardTest, RejectsBadTensorsWithClearErrors) {
   const torch::Tensor x = torch::randn({7, 2 * 4 * 5});
   struct BadCase {
     torch::Tensor x, w;
+    std::optional<torch::Tensor> bias;
     std::string expected_message;
   } cases[] = {
-      {x, torch::randn({2, 3, 4}), "[a, b, c, d]"},
-      {torch::randn({7, 41}), w, "x must be [batch, 40]"},
-      {x.to(torch::kFloat64), w, "float32"},
-      {x, w.to(torch::kBFloat16), "float32"},
-      {torch::randn({40, 7}).t(), w, "contiguous"},
-      {x, torch::randn({2, 0, 4, 5}), "positive"},
-      {torch::Tensor(), w, "defined"},
+      {x, torch::randn({2, 3, 4}), std::nullopt, "[a, b, c, d]"},
+      {torch::randn({7, 41}), w, std::nullopt, "x must be [batch, 40]"},
+      {x.to(torch::kFloat64), w.to(torch::kFloat64), std::nullopt, "float32, bfloat16 or float16"},
+      {x, w.to(torch::kBFloat16), std::nullopt, "share one dtype"},
+      {torch::randn({40, 7}).t(), w, std::nullopt, "x must be contiguous"},
+      {x, torch::randn({2, 0, 4, 5}), std::nullopt, "positive"},
+      {torch::Tensor(), w, std::nullopt, "x must be defined"},
+      {x, w, torch::randn({29}), "bias must be [30]"},
+      {x, w, torch::randn({30}).to(torch::kFloat16), "share one dtype"},
   };
   for (const BadCase& bad : cases) {
-    const absl::StatusOr<torch::Tensor> y = KsFactorForward(bad.x, bad.w);
+    const absl::StatusOr<torch::Tensor> y = KsFactorForward(bad.x, bad.w, bad.bias);
     ASSERT_FALSE(y.ok()) << bad.expected_message;
     EXPECT_EQ(y.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(y.status().message().find(bad.expected_message), std::string::npos) << y.status();
   }
+  const absl::StatusOr<torch::Tensor> mismatched = KsChainForward(x, {w, torch::randn({1, 4, 4, 1})});
+  EXPECT_EQ(mismatched.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

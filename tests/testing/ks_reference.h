@@ -1,0 +1,33 @@
+// The independent reference for every KS kernel test: factors densified from the support
+// definition and multiplied in FP64, epilogue in FP64.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "absl/types/span.h"
+#include "kernels/ks_params.h"
+
+namespace ksserve::testing {
+
+// y = act(x · (K_L ⋯ K_1)ᵀ + bias); `patterns`/`weights` rightmost factor first; x is [batch, in].
+std::vector<double> KsChainReference(absl::Span<const double> x, int64_t batch,
+                                     absl::Span<const kernels::KsPattern> patterns,
+                                     const std::vector<std::vector<double>>& weights,
+                                     const std::vector<double>* bias, kernels::Activation activation);
+
+// ‖got − ref‖_F / ‖ref‖_F; NaN when any element of `got` is not finite (an unwritten output).
+double RelativeError(absl::Span<const double> got, absl::Span<const double> ref);
+
+// Values stored in `dtype` (raw bits in `bits`, 4 or 2 bytes each) and their exact FP64 view.
+struct TypedBuffer {
+  std::vector<uint8_t> bits;
+  std::vector<double> values;
+};
+TypedBuffer RandomTyped(kernels::DType dtype, int64_t count, double low, double high, std::mt19937& rng,
+                        bool normal = false);
+TypedBuffer PoisonedTyped(kernels::DType dtype, int64_t count);  // NaN everywhere
+std::vector<double> TypedToDouble(kernels::DType dtype, const void* bits, int64_t count);
+
+}  // namespace ksserve::testing
