@@ -29,7 +29,8 @@ torch::Tensor TorchChainReference(const torch::Tensor& x, const std::vector<torc
 double TorchRelativeError(const torch::Tensor& got, const torch::Tensor& ref) {
   const torch::Tensor got64 = got.cpu().to(torch::kFloat64);
   if (!torch::isfinite(got64).all().item<bool>()) return std::numeric_limits<double>::quiet_NaN();
-  return (got64 - ref).norm().item<double>() / ref.norm().item<double>();
+  const double error = (got64 - ref).norm().item<double>(), norm = ref.norm().item<double>();
+  return norm == 0 ? error : error / norm;  // an all-zero reference (e.g. one element that cancels)
 }
 
 }  // namespace ksserve::testing
