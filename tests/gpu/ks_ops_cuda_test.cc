@@ -7,6 +7,7 @@
 #include "kernels/device.h"
 #include "kernels/ks_matmul.h"
 #include "models/ks_ops.h"
+#include "tests/testing/ks_reference.h"
 #include "tests/testing/torch_reference.h"
 
 #if KSSERVE_WITH_CUDA
@@ -63,6 +64,32 @@ TEST_F(CudaTest, ChainsMatchFp64ReferenceForEveryDTypeAndEpilogue) {
             << c10::toString(dtype) << " " << c10::str(patterns) << " batch " << batch << " activation "
             << static_cast<int>(activation);
       }
+    }
+  }
+}
+
+// The paper's patterns (every 27th of 648), batch sizes cycled over them: all outputs finite,
+// sampled rows against torch's FP64.
+TEST_F(CudaTest, PaperPatternSampleMatchesFp64Reference) {
+  const std::vector<kernels::KsPattern> all = testing::LoadPaperPatterns(KSSERVE_PAPER_PATTERNS);
+  ASSERT_EQ(all.size(), 648u);
+  const int64_t batches[] = {1, 2, 3, 17, 196, 1568, 25088, 10007};
+  std::mt19937 rng(std::random_device{}());
+  for (size_t k = 0; k < all.size(); k += 27) {
+    const kernels::KsPattern& p = all[k];
+    const int64_t batch = batches[(k / 27) % std::size(batches)];
+    for (const auto dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+      const torch::Tensor w = ((torch::rand({p.a, p.b, p.c, p.d}, cuda_) * 2 - 1) / p.c).to(dtype);
+      const torch::Tensor x = torch::randn({batch, p.in_features()}, cuda_).to(dtype);
+      absl::StatusOr<torch::Tensor> y = KsFactorForward(x, w);
+      ASSERT_TRUE(y.ok()) << y.status();
+      ASSERT_TRUE(torch::isfinite(*y).all().item<bool>()) << kernels::PatternToString(p);
+      const std::vector<int64_t> rows = testing::SampleRows(batch, 30, rng);
+      const torch::Tensor index = torch::tensor(rows, torch::kInt64).to(cuda_);
+      EXPECT_LE(TorchRelativeError(y->index_select(0, index),
+                                   TorchChainReference(x.index_select(0, index), {w}, std::nullopt, Activation::kNone)),
+                Tolerance(dtype))
+          << kernels::PatternToString(p) << " batch " << batch << " " << c10::toString(dtype);
     }
   }
 }

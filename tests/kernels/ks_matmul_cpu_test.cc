@@ -1,5 +1,8 @@
 // CPU KS kernels (factor and chain, every dtype and epilogue) against the FP64 dense reference,
 // on fresh random inputs and NaN-poisoned outputs; plus validation of bad parameters.
+#include <algorithm>
+#include <cmath>
+#include <iterator>
 #include <limits>
 #include <random>
 #include <string>
@@ -91,6 +94,41 @@ INSTANTIATE_TEST_SUITE_P(
                       ChainCase{"vit_mlp_down", {{6, 64, 256, 1}, {1, 128, 128, 3}}, 2},
                       ChainCase{"butterfly_64", Butterfly(6), 5}),
     [](const ::testing::TestParamInfo<ChainCase>& info) { return info.param.name; });
+
+// A deterministic sample of the paper's 648 patterns (every 27th), at every batch size of the
+// suite. On the CPU the largest batches go with the smallest patterns; every output element is
+// checked for poison, sampled rows against the FP64 definition.
+TEST(PaperPatternsCpuTest, DeterministicSampleAtEveryBatchSize) {
+  std::vector<KsPattern> all = testing::LoadPaperPatterns(KSSERVE_PAPER_PATTERNS);
+  ASSERT_EQ(all.size(), 648u);
+  std::vector<KsPattern> sample;
+  for (size_t k = 0; k < all.size(); k += 27) sample.push_back(all[k]);
+  std::stable_sort(sample.begin(), sample.end(),
+                   [](const KsPattern& x, const KsPattern& y) { return x.nonzeros() < y.nonzeros(); });
+  const int64_t batches[] = {25088, 10007, 1568, 196, 17, 3, 2, 1};
+  const unsigned seed = std::random_device{}();
+  std::mt19937 rng(seed);
+  for (size_t k = 0; k < sample.size(); ++k) {
+    const KsPattern& p = sample[k];
+    const int64_t batch = batches[std::min(k, std::size(batches) - 1)];
+    for (DType dtype : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+      SCOPED_TRACE(::testing::Message() << PatternToString(p) << " batch " << batch << " " << DTypeName(dtype)
+                                        << " seed " << seed);
+      const TypedBuffer x = RandomTyped(dtype, batch * p.in_features(), 0, 0, rng, /*normal=*/true);
+      const TypedBuffer w = RandomTyped(dtype, p.nonzeros(), -1.0 / p.c, 1.0 / p.c, rng);
+      TypedBuffer y = testing::PoisonedTyped(dtype, batch * p.out_features());
+      const KsFactorParams params{.x = x.bits.data(), .w = w.bits.data(), .y = y.bits.data(), .batch = batch,
+                                  .pattern = p, .dtype = dtype};
+      ASSERT_TRUE(KsFactorForwardCpu(params).ok());
+      const std::vector<double> got = testing::TypedToDouble(dtype, y.bits.data(), batch * p.out_features());
+      ASSERT_TRUE(std::all_of(got.begin(), got.end(), [](double v) { return std::isfinite(v); }));
+      const std::vector<int64_t> rows = testing::SampleRows(batch, 30, rng);
+      std::vector<double> got_rows;
+      for (int64_t n : rows) got_rows.insert(got_rows.end(), got.begin() + n * p.out_features(), got.begin() + (n + 1) * p.out_features());
+      EXPECT_LE(RelativeError(got_rows, testing::KsFactorRowsReference(x.values, rows, p, w.values)), Tolerance(dtype));
+    }
+  }
+}
 
 TEST(KsFactorCpuTest, ZeroBatchIsANoOp) {
   const KsFactorParams params{.batch = 0, .pattern = {2, 3, 4, 5}};

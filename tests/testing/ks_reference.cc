@@ -1,7 +1,9 @@
 #include "tests/testing/ks_reference.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <limits>
 
 #include "kernels/half.h"
@@ -58,6 +60,47 @@ std::vector<double> KsChainReference(absl::Span<const double> x, int64_t batch, 
       }
     }
   return current;
+}
+
+std::vector<double> KsFactorRowsReference(absl::Span<const double> x, absl::Span<const int64_t> rows,
+                                          const KsPattern& p, absl::Span<const double> w) {
+  const int64_t in = p.in_features(), out = p.out_features();
+  std::vector<double> y(rows.size() * static_cast<size_t>(out), 0.0);
+  for (size_t k = 0; k < rows.size(); ++k) {
+    const double* xn = x.data() + rows[k] * in;
+    double* yn = y.data() + static_cast<int64_t>(k) * out;
+    for (int64_t i = 0; i < p.a; ++i)
+      for (int64_t r = 0; r < p.b; ++r)
+        for (int64_t j = 0; j < p.d; ++j) {
+          double acc = 0.0;
+          for (int64_t s = 0; s < p.c; ++s) acc += xn[(i * p.c + s) * p.d + j] * w[static_cast<size_t>(((i * p.b + r) * p.c + s) * p.d + j)];
+          yn[(i * p.b + r) * p.d + j] = acc;
+        }
+  }
+  return y;
+}
+
+std::vector<int64_t> SampleRows(int64_t batch, int64_t count, std::mt19937& rng) {
+  if (batch <= count + 2) {
+    std::vector<int64_t> all(static_cast<size_t>(batch));
+    for (int64_t n = 0; n < batch; ++n) all[static_cast<size_t>(n)] = n;
+    return all;
+  }
+  std::vector<int64_t> rows = {0, batch - 1};
+  std::uniform_int_distribution<int64_t> pick(1, batch - 2);
+  for (int64_t k = 0; k < count; ++k) rows.push_back(pick(rng));
+  return rows;
+}
+
+std::vector<KsPattern> LoadPaperPatterns(const std::string& path) {
+  std::vector<KsPattern> patterns;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    KsPattern p;
+    if (std::sscanf(line.c_str(), "%ld,%ld,%ld,%ld", &p.a, &p.b, &p.c, &p.d) == 4) patterns.push_back(p);
+  }
+  return patterns;
 }
 
 double RelativeError(absl::Span<const double> got, absl::Span<const double> ref) {

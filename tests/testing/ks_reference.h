@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "absl/types/span.h"
@@ -16,6 +17,18 @@ std::vector<double> KsChainReference(absl::Span<const double> x, int64_t batch,
                                      absl::Span<const kernels::KsPattern> patterns,
                                      const std::vector<std::vector<double>>& weights,
                                      const std::vector<double>* bias, kernels::Activation activation);
+
+// One factor, no epilogue, for the given rows of x only, straight from the definition
+// y[n,i,r,j] = Σ_s x[n,i,s,j]·w[i,r,s,j] in FP64: O(rows · nonzeros), for patterns too large to
+// densify. `x` holds all rows; the result is [rows.size(), out_features].
+std::vector<double> KsFactorRowsReference(absl::Span<const double> x, absl::Span<const int64_t> rows,
+                                          const kernels::KsPattern& pattern, absl::Span<const double> w);
+
+// The rows a large-batch test checks against the reference: first, last and `count` random ones.
+std::vector<int64_t> SampleRows(int64_t batch, int64_t count, std::mt19937& rng);
+
+// The 648 (a,b,c,d) patterns of the paper's benchmark (bench/data/paper_patterns.txt).
+std::vector<kernels::KsPattern> LoadPaperPatterns(const std::string& path);
 
 // ‖got − ref‖_F / ‖ref‖_F; NaN when any element of `got` is not finite (an unwritten output).
 double RelativeError(absl::Span<const double> got, absl::Span<const double> ref);
