@@ -1,8 +1,8 @@
 #include "kernels/ks_matmul.h"
 
 #include <algorithm>
-#include <cstring>
 #include <limits>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "kernels/epilogue.h"
