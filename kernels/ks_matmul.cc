@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -46,21 +47,36 @@ void FactorCpu(const KsFactorParams& p) {
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
 
-  // Weights and bias once in FP32; one (i) block of y accumulated in FP32 at a time.
-  std::vector<float> w32(static_cast<size_t>(p.pattern.nonzeros()));
-  for (size_t k = 0; k < w32.size(); ++k) w32[k] = Type::Load(w[k]);
-  std::vector<float> x_block(static_cast<size_t>(c * d)), y_block(static_cast<size_t>(b * d));
+  // FP32 operands are read in place; 16-bit ones are widened once (weights per call, x per
+  // (n, i) block). One (i) block of y is accumulated in FP32 at a time.
+  constexpr bool kWiden = !std::is_same_v<T, float>;
+  std::vector<float> w_widened, x_widened(kWiden ? static_cast<size_t>(c * d) : 0);
+  std::vector<float> y_block(static_cast<size_t>(b * d));
+  const float* w32 = nullptr;
+  if constexpr (kWiden) {
+    w_widened.resize(static_cast<size_t>(p.pattern.nonzeros()));
+    for (size_t k = 0; k < w_widened.size(); ++k) w_widened[k] = Type::Load(w[k]);
+    w32 = w_widened.data();
+  } else {
+    w32 = w;
+  }
   for (int64_t n = 0; n < p.batch; ++n) {
     for (int64_t i = 0; i < a; ++i) {
       const T* x_in = x + n * in + i * c * d;
-      for (int64_t k = 0; k < c * d; ++k) x_block[static_cast<size_t>(k)] = Type::Load(x_in[k]);
+      const float* x_block = nullptr;
+      if constexpr (kWiden) {
+        for (int64_t k = 0; k < c * d; ++k) x_widened[static_cast<size_t>(k)] = Type::Load(x_in[k]);
+        x_block = x_widened.data();
+      } else {
+        x_block = x_in;
+      }
       std::fill(y_block.begin(), y_block.end(), 0.0f);
       // j (stride 1 in x, w and y) innermost.
       for (int64_t r = 0; r < b; ++r) {
         float* y_vec = y_block.data() + r * d;
         for (int64_t s = 0; s < c; ++s) {
-          const float* x_vec = x_block.data() + s * d;
-          const float* w_vec = w32.data() + ((i * b + r) * c + s) * d;
+          const float* x_vec = x_block + s * d;
+          const float* w_vec = w32 + ((i * b + r) * c + s) * d;
           for (int64_t j = 0; j < d; ++j) y_vec[j] += x_vec[j] * w_vec[j];
         }
       }
@@ -77,13 +93,12 @@ void FactorCpu(const KsFactorParams& p) {
 // Runs a chain as factor calls through `factor`, ping-ponging intermediates in the workspace.
 template <typename FactorFn>
 absl::Status RunChain(const KsChainParams& p, FactorFn factor) {
-  if (absl::Status s = ValidateChain(p.patterns); !s.ok()) return s;
+  const absl::StatusOr<int64_t> workspace_bytes = ChainWorkspaceBytes(p.patterns, p.batch, p.dtype);
+  if (!workspace_bytes.ok()) return workspace_bytes.status();  // also validates the chain
   if (p.weights.size() != p.patterns.size()) {
     return absl::InvalidArgumentError(absl::StrFormat("%d weight tensors for a chain of %d factors",
                                                       p.weights.size(), p.patterns.size()));
   }
-  const absl::StatusOr<int64_t> workspace_bytes = ChainWorkspaceBytes(p.patterns, p.batch, p.dtype);
-  if (!workspace_bytes.ok()) return workspace_bytes.status();
   if (*workspace_bytes > 0 && p.batch > 0 && p.workspace == nullptr) {
     return absl::InvalidArgumentError("a chain of several factors needs a workspace");
   }

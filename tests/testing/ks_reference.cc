@@ -103,6 +103,14 @@ std::vector<KsPattern> LoadPaperPatterns(const std::string& path) {
   return patterns;
 }
 
+std::vector<KsPattern> PaperPatternSample(const std::string& path) {
+  const std::vector<KsPattern> all = LoadPaperPatterns(path);
+  std::vector<KsPattern> sample;
+  if (all.size() != 648) return sample;
+  for (size_t k = 0; k < all.size(); k += 27) sample.push_back(all[k]);
+  return sample;
+}
+
 double RelativeError(absl::Span<const double> got, absl::Span<const double> ref) {
   if (got.size() != ref.size()) return std::numeric_limits<double>::quiet_NaN();
   double err = 0, norm = 0;

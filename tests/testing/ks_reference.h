@@ -30,6 +30,10 @@ std::vector<int64_t> SampleRows(int64_t batch, int64_t count, std::mt19937& rng)
 // The 648 (a,b,c,d) patterns of the paper's benchmark (bench/data/paper_patterns.txt).
 std::vector<kernels::KsPattern> LoadPaperPatterns(const std::string& path);
 
+// The deterministic sample the correctness suites run: every 27th of the 648 (24 patterns, in
+// file order). Empty when the file does not hold exactly 648 patterns.
+std::vector<kernels::KsPattern> PaperPatternSample(const std::string& path);
+
 // ‖got − ref‖_F / ‖ref‖_F; NaN when any element of `got` is not finite (an unwritten output).
 double RelativeError(absl::Span<const double> got, absl::Span<const double> ref);
 
