@@ -9,12 +9,6 @@
 #include "kernels/epilogue.h"
 #include "kernels/half.h"
 
-#if KSSERVE_WITH_CUDA
-#include <cuda_runtime_api.h>
-
-#include "kernels/cuda/launch.h"
-#endif
-
 namespace ksserve::kernels {
 namespace {
 
@@ -167,7 +161,10 @@ absl::Status ValidateChain(absl::Span<const KsPattern> chain) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateFactorParams(const KsFactorParams& params) {
+namespace {
+
+// Everything ValidateFactorParams checks except the pointers.
+absl::Status ValidateFactorShape(const KsFactorParams& params) {
   if (absl::Status s = ValidatePattern(params.pattern); !s.ok()) return s;
   if (params.dtype != DType::kFloat32 && params.dtype != DType::kBFloat16 && params.dtype != DType::kFloat16) {
     return absl::InvalidArgumentError("unknown dtype");
@@ -187,6 +184,13 @@ absl::Status ValidateFactorParams(const KsFactorParams& params) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "batch %d with pattern %s overflows 64-bit sizes", params.batch, PatternToString(params.pattern)));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateFactorParams(const KsFactorParams& params) {
+  if (absl::Status s = ValidateFactorShape(params); !s.ok()) return s;
   if (params.batch > 0 && (params.x == nullptr || params.w == nullptr || params.y == nullptr)) {
     return absl::InvalidArgumentError("x, w and y must be non-null");
   }
@@ -210,20 +214,157 @@ absl::Status KsFactorForwardCpu(const KsFactorParams& params) {
   return absl::OkStatus();
 }
 
-absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream) {
-  if (absl::Status s = ValidateFactorParams(params); !s.ok()) return s;
-#if KSSERVE_WITH_CUDA
-  if (params.batch == 0) return absl::OkStatus();
-  if (cudaError_t err = cuda::LaunchKsFactorNaive(params, stream); err != cudaSuccess) {
-    return absl::InternalError(
-        absl::StrFormat("KS factor CUDA launch failed: %s", cudaGetErrorString(err)));
+FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype) {
+  // j groups as wide as d allows (coalesced loads along j), else full GEMM tiles along s; small
+  // batches take short tiles so the grid still fills the device. 16-bit types: tensor cores.
+  if (dtype != DType::kFloat32 && batch > 64) {
+    if (pattern.d >= 8) return FusedTile::kMmaJ8M32N32;
+    if (pattern.d >= 4) return FusedTile::kMmaJ4M64N64;
+    return pattern.b > 64 ? FusedTile::kMmaJ1M128N128 : FusedTile::kMmaJ1M128N64;
   }
-  return absl::OkStatus();
-#else
-  (void)stream;
-  return absl::FailedPreconditionError("ksserve was built without CUDA (preset 'cpu')");
-#endif
+  if (pattern.d >= 32) return FusedTile::kJ32M16N8;
+  if (pattern.d >= 16) return FusedTile::kJ16M16N16;
+  if (pattern.d >= 8) return FusedTile::kJ8M32N32;
+  if (pattern.d >= 4) return FusedTile::kJ4M64N64;
+  if (batch <= 64) return FusedTile::kJ1M16N64;
+  return pattern.b > 64 ? FusedTile::kJ1M128N128 : FusedTile::kJ1M128N64;
 }
+
+int FusedTileJ(FusedTile tile) {
+  switch (tile) {
+    case FusedTile::kJ4M64N64:
+    case FusedTile::kMmaJ4M64N64:
+      return 4;
+    case FusedTile::kJ8M32N32:
+    case FusedTile::kMmaJ8M32N32:
+      return 8;
+    case FusedTile::kJ16M16N16:
+      return 16;
+    case FusedTile::kJ32M16N8:
+      return 32;
+    case FusedTile::kJ1M16N64:
+    case FusedTile::kJ1M128N128:
+    case FusedTile::kJ1M128N64:
+    case FusedTile::kMmaJ1M128N64:
+    case FusedTile::kMmaJ1M128N128:
+      break;
+  }
+  return 1;
+}
+
+bool FusedTileUsesTensorCores(FusedTile tile) {
+  return tile == FusedTile::kMmaJ1M128N64 || tile == FusedTile::kMmaJ1M128N128 || tile == FusedTile::kMmaJ4M64N64 ||
+         tile == FusedTile::kMmaJ8M32N32;
+}
+
+namespace {
+
+std::string FusedTileName(FusedTile tile) {
+  switch (tile) {
+    case FusedTile::kJ1M16N64:
+      return "j1m16n64";
+    case FusedTile::kJ1M128N128:
+      return "j1m128n128";
+    case FusedTile::kJ1M128N64:
+      return "j1m128n64";
+    case FusedTile::kJ4M64N64:
+      return "j4m64n64";
+    case FusedTile::kJ8M32N32:
+      return "j8m32n32";
+    case FusedTile::kJ16M16N16:
+      return "j16m16n16";
+    case FusedTile::kJ32M16N8:
+      return "j32m16n8";
+    case FusedTile::kMmaJ1M128N64:
+      return "mma-j1m128n64";
+    case FusedTile::kMmaJ1M128N128:
+      return "mma-j1m128n128";
+    case FusedTile::kMmaJ4M64N64:
+      return "mma-j4m64n64";
+    case FusedTile::kMmaJ8M32N32:
+      return "mma-j8m32n32";
+  }
+  return "unknown";
+}
+
+}  // namespace
+
+std::string KernelChoiceName(const KsKernelChoice& choice) {
+  switch (choice.algorithm) {
+    case KsAlgorithm::kNaive:
+      return "naive";
+    case KsAlgorithm::kFused:
+      return "fused/" + FusedTileName(choice.tile);
+    case KsAlgorithm::kDense:
+      return "dense";
+    case KsAlgorithm::kBmm:
+      return "bmm";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<KsKernelChoice> ParseKernelChoice(std::string_view name) {
+  for (KsAlgorithm algorithm : {KsAlgorithm::kNaive, KsAlgorithm::kDense, KsAlgorithm::kBmm}) {
+    if (name == KernelChoiceName({.algorithm = algorithm})) return KsKernelChoice{.algorithm = algorithm};
+  }
+  for (FusedTile tile : kAllFusedTiles) {
+    const KsKernelChoice choice{.algorithm = KsAlgorithm::kFused, .tile = tile};
+    if (name == KernelChoiceName(choice)) return choice;
+  }
+  return absl::InvalidArgumentError(absl::StrFormat("unknown KS kernel '%s'", name));
+}
+
+absl::StatusOr<int64_t> PackedWeightBytes(KsAlgorithm algorithm, const KsPattern& pattern, DType dtype) {
+  if (absl::Status s = ValidatePattern(pattern); !s.ok()) return s;
+  switch (algorithm) {
+    case KsAlgorithm::kDense: {
+      int64_t elements = 0, bytes = 0;
+      if (MulOverflows(pattern.in_features(), pattern.out_features(), &elements) ||
+          MulOverflows(elements, DTypeSize(dtype), &bytes)) {
+        return absl::InvalidArgumentError("densified weights overflow 64-bit sizes");
+      }
+      return bytes;
+    }
+    case KsAlgorithm::kBmm:
+      return pattern.d == 1 ? 0 : pattern.nonzeros() * DTypeSize(dtype);
+    case KsAlgorithm::kNaive:
+    case KsAlgorithm::kFused:
+      return 0;
+  }
+  return absl::InvalidArgumentError("unknown algorithm");
+}
+
+absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsPattern& pattern, int64_t batch,
+                                             DType dtype) {
+  const KsFactorParams probe{.batch = batch, .pattern = pattern, .dtype = dtype};
+  if (absl::Status s = ValidateFactorShape(probe); !s.ok()) return s;
+  if (algorithm != KsAlgorithm::kBmm || pattern.d == 1) return 0;
+  int64_t bytes = 0;
+  if (MulOverflows(batch, pattern.in_features() + pattern.out_features(), &bytes) ||
+      MulOverflows(bytes, DTypeSize(dtype), &bytes)) {
+    return absl::InvalidArgumentError("bmm workspace overflows 64-bit sizes");
+  }
+  return bytes;
+}
+
+absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream) {
+  const KsKernelChoice choice{.algorithm = KsAlgorithm::kFused,
+                              .tile = DefaultFusedTile(params.pattern, params.batch, params.dtype)};
+  return KsFactorForwardCuda(params, choice, nullptr, nullptr, stream);
+}
+
+#if !KSSERVE_WITH_CUDA
+namespace {
+absl::Status NoCuda() { return absl::FailedPreconditionError("ksserve was built without CUDA (preset 'cpu')"); }
+}  // namespace
+
+absl::Status PackWeightsCuda(KsAlgorithm, const KsPattern&, DType, const void*, void*, CudaStream) { return NoCuda(); }
+
+absl::Status KsFactorForwardCuda(const KsFactorParams& params, const KsKernelChoice&, const void*, void*, CudaStream) {
+  if (absl::Status s = ValidateFactorParams(params); !s.ok()) return s;
+  return NoCuda();
+}
+#endif
 
 absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, int64_t batch, DType dtype) {
   if (absl::Status s = ValidateChain(chain); !s.ok()) return s;

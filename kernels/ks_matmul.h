@@ -6,6 +6,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -35,8 +36,32 @@ absl::Status ValidateFactorParams(const KsFactorParams& params);
 absl::Status KsFactorForwardCpu(const KsFactorParams& params);
 
 // One factor on the current CUDA device, enqueued on `stream`; pointers are device memory.
+// Runs the fused kernel with the tile DefaultFusedTile picks: no packed weights, no workspace.
 // FAILED_PRECONDITION when ksserve was built without CUDA.
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream);
+
+// The fused tile chosen by rule for a pattern, batch and dtype.
+FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype);
+
+// How many consecutive j one block of `tile` covers.
+int FusedTileJ(FusedTile tile);
+// Tensor-core tiles take BF16 and FP16 only: FP32 is strict.
+bool FusedTileUsesTensorCores(FusedTile tile);
+
+// "fused/j4m64n64", "dense", "bmm", "naive", and back.
+std::string KernelChoiceName(const KsKernelChoice& choice);
+absl::StatusOr<KsKernelChoice> ParseKernelChoice(std::string_view name);
+
+// Two-phase use of an explicit algorithm: at load time, convert the interchange weights once into
+// the layout the algorithm reads (PackedWeightBytes == 0: it reads them in place); per call, pass
+// both and a workspace of FactorWorkspaceBytes (same device).
+absl::StatusOr<int64_t> PackedWeightBytes(KsAlgorithm algorithm, const KsPattern& pattern, DType dtype);
+absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsPattern& pattern, int64_t batch,
+                                             DType dtype);
+absl::Status PackWeightsCuda(KsAlgorithm algorithm, const KsPattern& pattern, DType dtype, const void* w,
+                             void* packed, CudaStream stream);
+absl::Status KsFactorForwardCuda(const KsFactorParams& params, const KsKernelChoice& choice, const void* packed_w,
+                                 void* workspace, CudaStream stream);
 
 // A whole chain y = act(x · (K_1 ⋯ K_L)ᵀ + bias). Intermediates are rounded to `dtype`, as
 // between two factor calls, and live in `workspace` (ChainWorkspaceBytes; same memory space as

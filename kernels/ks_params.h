@@ -7,7 +7,8 @@
 namespace ksserve::kernels {
 
 // A Kronecker-sparse pattern (a, b, c, d): the support I_a ⊗ 1_{b×c} ⊗ I_d of an
-// (a·b·d) × (a·c·d) factor with a·b·c·d nonzeros (shared/docs/ks-matmul.md).
+// (a·b·d) × (a·c·d) factor with a·b·c·d nonzeros, as in Gonon et al., "Fast Inference with
+// Kronecker-Sparse Matrices" (ICML 2025).
 struct KsPattern {
   int64_t a = 1;
   int64_t b = 1;
@@ -42,6 +43,43 @@ struct KsFactorParams {
   KsPattern pattern;
   DType dtype = DType::kFloat32;
   Activation activation = Activation::kNone;
+};
+
+// CUDA algorithms for one factor.
+enum class KsAlgorithm : uint8_t {
+  kNaive,  // one thread per output: no tiling, the cross-check for the others
+  kFused,  // output-stationary tiles straight from x and w, one pass over memory
+  kDense,  // cuBLAS GEMM on the densified (a·b·d) × (a·c·d) matrix
+  kBmm,    // x permuted to (a·d, batch, c), cuBLAS batched GEMM, permuted back
+};
+
+// Tile shapes of the fused kernel: JT consecutive j × BM batch rows × BN output rows r per block.
+enum class FusedTile : uint8_t {
+  kJ1M16N64,
+  kJ1M128N128,
+  kJ1M128N64,
+  kJ4M64N64,
+  kJ8M32N32,
+  kJ16M16N16,
+  kJ32M16N8,
+  // Tensor cores (mma.sync): BF16 and FP16 only.
+  kMmaJ1M128N64,
+  kMmaJ1M128N128,
+  kMmaJ4M64N64,
+  kMmaJ8M32N32,
+};
+inline constexpr FusedTile kAllFusedTiles[] = {FusedTile::kJ1M16N64,   FusedTile::kJ1M128N128, FusedTile::kJ1M128N64, FusedTile::kJ4M64N64,
+                                               FusedTile::kJ8M32N32,   FusedTile::kJ16M16N16, FusedTile::kJ32M16N8,
+                                               FusedTile::kMmaJ1M128N64, FusedTile::kMmaJ1M128N128,
+                                               FusedTile::kMmaJ4M64N64, FusedTile::kMmaJ8M32N32};
+
+// What runs one factor call: the algorithm and, for kFused, its tile.
+struct KsKernelChoice {
+  KsAlgorithm algorithm = KsAlgorithm::kFused;
+  FusedTile tile = FusedTile::kJ1M128N128;
+  friend constexpr bool operator==(const KsKernelChoice& x, const KsKernelChoice& y) {
+    return x.algorithm == y.algorithm && (x.algorithm != KsAlgorithm::kFused || x.tile == y.tile);
+  }
 };
 
 }  // namespace ksserve::kernels

@@ -1,25 +1,11 @@
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <algorithm>
 
+#include "kernels/cuda/convert.cuh"
 #include "kernels/cuda/launch.h"
 #include "kernels/epilogue.h"
 
 namespace ksserve::kernels::cuda {
 namespace {
-
-__device__ inline float ToFloat(float v) { return v; }
-__device__ inline float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ inline float ToFloat(__half v) { return __half2float(v); }
-template <typename T>
-__device__ inline T FromFloat(float v);
-template <>
-__device__ inline float FromFloat<float>(float v) { return v; }
-template <>
-__device__ inline __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ inline __half FromFloat<__half>(float v) { return __float2half_rn(v); }
 
 template <typename T>
 __global__ void KsFactorNaiveKernel(KsFactorParams p) {
@@ -53,17 +39,10 @@ cudaError_t LaunchKsFactorNaive(const KsFactorParams& params, cudaStream_t strea
   constexpr int kThreads = 256;
   const int64_t total = params.batch * params.pattern.out_features();
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t{1} << 20));
-  switch (params.dtype) {
-    case DType::kFloat32:
-      KsFactorNaiveKernel<float><<<blocks, kThreads, 0, stream>>>(params);
-      break;
-    case DType::kBFloat16:
-      KsFactorNaiveKernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(params);
-      break;
-    case DType::kFloat16:
-      KsFactorNaiveKernel<__half><<<blocks, kThreads, 0, stream>>>(params);
-      break;
-  }
+  WithStorageType(params.dtype, [&](auto zero) {
+    KsFactorNaiveKernel<decltype(zero)><<<blocks, kThreads, 0, stream>>>(params);
+    return 0;
+  });
   return cudaGetLastError();
 }
 

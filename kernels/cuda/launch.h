@@ -12,4 +12,23 @@ namespace ksserve::kernels::cuda {
 // baseline the tuned kernels are checked against.
 cudaError_t LaunchKsFactorNaive(const KsFactorParams& params, cudaStream_t stream);
 
+// The fused output-stationary kernel with one of its tile shapes; any pattern, batch, dtype and
+// epilogue.
+cudaError_t LaunchKsFactorFused(const KsFactorParams& params, FusedTile tile, cudaStream_t stream);
+// The tensor-core tiles (FusedTileUsesTensorCores); BF16 and FP16 only.
+cudaError_t LaunchKsFactorFusedMma(const KsFactorParams& params, FusedTile tile, cudaStream_t stream);
+
+// Layouts of the cuBLAS algorithms. Grouped weights: [(i·d + j)][r][s] (a·d row-major b×c
+// matrices); grouped activations: [(i·d + j)][n][s or r].
+cudaError_t LaunchPackGrouped(const void* w, void* packed, const KsPattern& pattern, DType dtype, cudaStream_t stream);
+cudaError_t LaunchDensify(const void* w, void* dense, const KsPattern& pattern, DType dtype, cudaStream_t stream);
+cudaError_t LaunchToGroups(const void* x, void* grouped, int64_t batch, const KsPattern& pattern, DType dtype,
+                           cudaStream_t stream);
+// Scatters grouped outputs back to [batch][a·b·d] with the bias and activation applied.
+cudaError_t LaunchFromGroups(const void* grouped, const void* bias, void* y, int64_t batch, const KsPattern& pattern,
+                             DType dtype, Activation activation, cudaStream_t stream);
+// In place on [batch][features]: y = act(y + bias).
+cudaError_t LaunchEpilogue(void* y, const void* bias, int64_t batch, int64_t features, DType dtype,
+                           Activation activation, cudaStream_t stream);
+
 }  // namespace ksserve::kernels::cuda

@@ -1,6 +1,10 @@
 // CPU KS kernels (factor and chain, every dtype and epilogue) against the FP64 dense reference,
 // on fresh random inputs and NaN-poisoned outputs; plus validation of bad parameters.
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <set>
+#include <tuple>
 #include <cmath>
 #include <iterator>
 #include <limits>
@@ -8,9 +12,12 @@
 #include <string>
 #include <vector>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/device.h"
+#include "kernels/block_order.h"
 #include "kernels/half.h"
+#include "kernels/ks_autotune.h"
 #include "kernels/ks_matmul.h"
 #include "tests/testing/ks_reference.h"
 
@@ -216,11 +223,152 @@ TEST(HalfTest, ConversionsRoundToNearestEven) {
   EXPECT_TRUE(std::isnan(BFloat16ToFloat(FloatToBFloat16(std::numeric_limits<float>::quiet_NaN()))));
 }
 
+TEST(KsKernelChoiceTest, NamesRoundTripAndUnknownNamesAreErrors) {
+  std::vector<KsKernelChoice> choices = {{.algorithm = KsAlgorithm::kNaive},
+                                         {.algorithm = KsAlgorithm::kDense},
+                                         {.algorithm = KsAlgorithm::kBmm}};
+  for (FusedTile tile : kAllFusedTiles) choices.push_back({.algorithm = KsAlgorithm::kFused, .tile = tile});
+  std::vector<std::string> names;
+  for (const KsKernelChoice& choice : choices) {
+    const std::string name = KernelChoiceName(choice);
+    names.push_back(name);
+    absl::StatusOr<KsKernelChoice> parsed = ParseKernelChoice(name);
+    ASSERT_TRUE(parsed.ok()) << name << ": " << parsed.status();
+    EXPECT_TRUE(*parsed == choice) << name;
+  }
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(std::unique(names.begin(), names.end()), names.end());
+  EXPECT_EQ(ParseKernelChoice("fused/j3m7n1").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseKernelChoice("").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(KsKernelChoiceTest, DefaultTileFollowsDAndBatch) {
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 1}, 25088, DType::kFloat32), FusedTile::kJ1M128N128);
+  EXPECT_EQ(DefaultFusedTile({1, 48, 48, 1}, 25088, DType::kFloat32), FusedTile::kJ1M128N64);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 1}, 1, DType::kFloat32), FusedTile::kJ1M16N64);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 4}, 196, DType::kFloat32), FusedTile::kJ4M64N64);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 196, DType::kFloat32), FusedTile::kJ32M16N8);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 196, DType::kBFloat16), FusedTile::kMmaJ8M32N32);
+  EXPECT_EQ(DefaultFusedTile({6, 64, 64, 1}, 25088, DType::kFloat16), FusedTile::kMmaJ1M128N64);
+  EXPECT_EQ(DefaultFusedTile({6, 64, 64, 1}, 1, DType::kBFloat16), FusedTile::kJ1M16N64);
+}
+
+TEST(KsKernelChoiceTest, CandidatesFollowDTypeAndD) {
+  const KsTuneOptions options;
+  const auto names = [&](const KsPattern& p, DType dtype) {
+    std::vector<std::string> out;
+    for (const KsKernelChoice& choice : KernelCandidates(p, dtype, options)) out.push_back(KernelChoiceName(choice));
+    return out;
+  };
+  using ::testing::Contains;
+  using ::testing::Not;
+  const std::vector<std::string> fp32 = names({6, 64, 64, 1}, DType::kFloat32);
+  EXPECT_THAT(fp32, Contains("bmm"));
+  EXPECT_THAT(fp32, Contains("dense"));
+  EXPECT_THAT(fp32, Contains("fused/j1m128n64"));
+  EXPECT_THAT(fp32, Not(Contains("fused/mma-j1m128n64")));  // FP32 is strict
+  EXPECT_THAT(fp32, Not(Contains("fused/j32m16n8")));       // j groups wider than d = 1
+  const std::vector<std::string> bf16 = names({6, 64, 64, 1}, DType::kBFloat16);
+  EXPECT_THAT(bf16, Contains("fused/mma-j1m128n64"));
+  EXPECT_THAT(names({1, 64, 64, 64}, DType::kBFloat16), Contains("fused/mma-j8m32n32"));
+  // The densified matrix of (64,1024,1024,64) would take 16 GiB: never a candidate.
+  EXPECT_THAT(names({64, 1024, 1024, 64}, DType::kFloat32), Not(Contains("dense")));
+}
+
+TEST(KsPackedLayoutTest, SizesPerAlgorithm) {
+  const KsPattern p{3, 5, 7, 2};
+  EXPECT_EQ(*PackedWeightBytes(KsAlgorithm::kFused, p, DType::kFloat32), 0);
+  EXPECT_EQ(*PackedWeightBytes(KsAlgorithm::kBmm, p, DType::kBFloat16), 3 * 5 * 7 * 2 * 2);
+  EXPECT_EQ(*PackedWeightBytes(KsAlgorithm::kBmm, {3, 5, 7, 1}, DType::kFloat32), 0);  // read in place
+  EXPECT_EQ(*PackedWeightBytes(KsAlgorithm::kDense, p, DType::kFloat32), (3 * 5 * 2) * (3 * 7 * 2) * 4);
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kBmm, p, 11, DType::kFloat16), 11 * (3 * 7 * 2 + 3 * 5 * 2) * 2);
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kFused, p, 11, DType::kFloat16), 0);
+  EXPECT_EQ(PackedWeightBytes(KsAlgorithm::kDense, {int64_t{1} << 20, 1 << 20, 1, 1 << 20}, DType::kFloat32)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FactorWorkspaceBytes(KsAlgorithm::kBmm, p, -1, DType::kFloat32).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// Every block of the fused kernels' grid decodes to a distinct (i, j-group, r-tile, n-tile).
+TEST(BlockOrderTest, DecodeIsABijectionForEveryGroupingOfJ) {
+  for (const auto& [pattern, batch, jt] : std::vector<std::tuple<KsPattern, int64_t, int>>{
+           {{3, 64, 64, 64}, 100, 4}, {{2, 768, 768, 64}, 33, 8}, {{5, 7, 3, 12}, 17, 4}, {{1, 48, 48, 1}, 300, 1},
+           {{4, 2, 2, 32}, 5, 1}, {{2, 16, 16, 24}, 65, 8}}) {
+    for (int element_bytes : {2, 4}) {
+      const BlockGrid grid = MakeBlockGrid(pattern, batch, jt, 32, 16, element_bytes);
+      ASSERT_EQ(grid.j_groups % grid.j_inner, 0);
+      EXPECT_LE(grid.j_inner * jt * element_bytes, 128 + jt * element_bytes);
+      std::set<std::tuple<int64_t, int64_t, int64_t, int64_t>> seen;
+      for (int64_t block = 0; block < grid.blocks(); ++block) {
+        const BlockCoords c = DecodeBlock(grid, block);
+        ASSERT_TRUE(c.i >= 0 && c.i < grid.a && c.jg >= 0 && c.jg < grid.j_groups && c.rt >= 0 &&
+                    c.rt < grid.r_tiles && c.nt >= 0 && c.nt < grid.n_tiles)
+            << PatternToString(pattern) << " block " << block;
+        seen.insert({c.i, c.jg, c.rt, c.nt});
+      }
+      EXPECT_EQ(static_cast<int64_t>(seen.size()), grid.blocks()) << PatternToString(pattern);
+    }
+  }
+  // Narrow j runs are grouped (4 FP32 values = 16 bytes: 8 groups make 128 bytes) while the
+  // shared w slice stays small; a huge w slice is never grouped.
+  EXPECT_EQ(MakeBlockGrid({1, 64, 64, 64}, 1000, 4, 64, 64, 4).j_inner, 8);
+  EXPECT_EQ(MakeBlockGrid({1, 1024, 1024, 64}, 1000, 4, 64, 64, 4).j_inner, 1);
+}
+
+TEST(KsAutotuneTest, BatchClassesAreOrderedAndBounded) {
+  EXPECT_EQ(BatchClass(1), 0);
+  EXPECT_EQ(BatchClass(2), 1);
+  EXPECT_EQ(BatchClass(8), 1);
+  EXPECT_EQ(BatchClass(196), 3);
+  EXPECT_EQ(BatchClass(25088), 5);
+  EXPECT_EQ(BatchClass(int64_t{1} << 40), 6);
+}
+
+TEST(KsAutotuneTest, CacheRoundTripsThroughItsFileAndRejectsBadLines) {
+  const std::string path = ::testing::TempDir() + "/ks_autotune_cache.tsv";
+  std::remove(path.c_str());
+  absl::StatusOr<KsAutotuneCache> empty = KsAutotuneCache::Load(path);  // missing file: empty cache
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_EQ(empty->size(), 0u);
+
+  KsAutotuneCache cache;
+  const KsTuneKey vit{.device = "NVIDIA H100 80GB HBM3", .pattern = {6, 64, 64, 1}, .batch_class = 5,
+                      .dtype = DType::kBFloat16};
+  const KsTuneKey other{.device = "NVIDIA H100 80GB HBM3", .pattern = {6, 64, 64, 1}, .batch_class = 0,
+                        .dtype = DType::kBFloat16};
+  cache.Insert(vit, {.algorithm = KsAlgorithm::kFused, .tile = FusedTile::kJ4M64N64});
+  cache.Insert(other, {.algorithm = KsAlgorithm::kBmm});
+  ASSERT_TRUE(cache.Save(path).ok());
+  absl::StatusOr<KsAutotuneCache> loaded = KsAutotuneCache::Load(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->size(), 2u);
+  ASSERT_TRUE(loaded->Find(vit).has_value());
+  EXPECT_EQ(KernelChoiceName(*loaded->Find(vit)), "fused/j4m64n64");
+  EXPECT_EQ(KernelChoiceName(*loaded->Find(other)), "bmm");
+  EXPECT_FALSE(loaded->Find({.device = "other", .pattern = {6, 64, 64, 1}, .batch_class = 5}).has_value());
+
+  for (const char* bad : {"dev\t1,2,3\t0\tfloat32\tbmm\n", "dev\t1,2,3,4\t9\tfloat32\tbmm\n",
+                          "dev\t1,2,3,4\t0\tfloat64\tbmm\n", "dev\t1,2,3,4\t0\tfloat32\tfast\n",
+                          "dev\t0,2,3,4\t0\tfloat32\tbmm\n", "just one field\n"}) {
+    std::ofstream(path, std::ios::trunc) << bad;
+    absl::StatusOr<KsAutotuneCache> rejected = KsAutotuneCache::Load(path);
+    EXPECT_EQ(rejected.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(rejected.status().message().find(":1:"), std::string::npos) << rejected.status();
+  }
+  std::remove(path.c_str());
+}
+
 TEST(KsFactorCudaTest, CpuBuildAnswersFailedPrecondition) {
   if (GetKernelBuildInfo().cuda_enabled) GTEST_SKIP() << "CUDA build: covered by gpu_test";
   float buffer[1] = {};
   const KsFactorParams params{.x = buffer, .w = buffer, .y = buffer, .batch = 1, .pattern = {1, 1, 1, 1}};
   EXPECT_EQ(KsFactorForwardCuda(params, nullptr).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(KsFactorForwardCuda(params, {.algorithm = KsAlgorithm::kBmm}, nullptr, nullptr, nullptr).code(),
+            absl::StatusCode::kFailedPrecondition);
+  const KsKernelChoice bmm{.algorithm = KsAlgorithm::kBmm};
+  EXPECT_EQ(TimeKernelCandidates(params, {bmm}, {}, nullptr).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(ListCudaDevices().empty());
 }
 

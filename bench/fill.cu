@@ -1,0 +1,66 @@
+// Device-side random fill for ksbench: counter-based hashing, so gigabytes of inputs take
+// milliseconds and the same seed gives the same values.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "bench/fill.h"
+
+namespace ksserve::bench {
+namespace {
+
+__device__ inline uint64_t SplitMix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Uniform in (0, 1].
+__device__ inline float Unit(uint64_t bits) { return (static_cast<float>(bits >> 40) + 1.0f) * (1.0f / 16777216.0f); }
+
+template <typename T>
+__device__ inline T Store(float v);
+template <>
+__device__ inline float Store<float>(float v) { return v; }
+template <>
+__device__ inline __nv_bfloat16 Store<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <>
+__device__ inline __half Store<__half>(float v) { return __float2half_rn(v); }
+
+template <typename T>
+__global__ void FillKernel(T* out, int64_t count, uint64_t seed, bool normal, float scale) {
+  for (int64_t k = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; k < count; k += int64_t{gridDim.x} * blockDim.x) {
+    const uint64_t bits = SplitMix64(seed ^ SplitMix64(static_cast<uint64_t>(k)));
+    float v;
+    if (normal) {
+      const float u1 = Unit(bits), u2 = Unit(SplitMix64(bits));
+      v = sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
+    } else {
+      v = 2.0f * Unit(bits) - 1.0f;
+    }
+    out[k] = Store<T>(v * scale);
+  }
+}
+
+}  // namespace
+
+cudaError_t FillRandom(void* out, int64_t count, kernels::DType dtype, uint64_t seed, bool normal, float scale,
+                       cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>(std::clamp<int64_t>((count + 255) / 256, 1, 65536));
+  switch (dtype) {
+    case kernels::DType::kFloat32:
+      FillKernel<<<blocks, 256, 0, stream>>>(static_cast<float*>(out), count, seed, normal, scale);
+      break;
+    case kernels::DType::kBFloat16:
+      FillKernel<<<blocks, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(out), count, seed, normal, scale);
+      break;
+    case kernels::DType::kFloat16:
+      FillKernel<<<blocks, 256, 0, stream>>>(static_cast<__half*>(out), count, seed, normal, scale);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace ksserve::bench

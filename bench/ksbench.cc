@@ -1,0 +1,469 @@
+// ksbench: every KS algorithm over patterns × batch sizes × dtypes, in one process, against the
+// ceilings measured in the same run (a large device-to-device copy; a large cuBLAS GEMM per
+// dtype). Every candidate's output is checked against the FP64 reference on sampled rows; a
+// failed check is flagged in the CSV and fails the run. Progress and ETA go to stderr.
+//
+//   ksbench --csv=bench/results/h100-ksbench.csv
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "bench/fill.h"
+#include "kernels/device.h"
+#include "kernels/ks_autotune.h"
+#include "kernels/ks_matmul.h"
+#include "tests/testing/ks_reference.h"
+
+ABSL_FLAG(std::string, csv, "ksbench.csv", "where to write the results");
+ABSL_FLAG(std::string, patterns_file, KSSERVE_PAPER_PATTERNS, "the paper's 648 patterns");
+ABSL_FLAG(int, paper_sample, 64, "how many of the paper's patterns to run, evenly spaced in file order");
+ABSL_FLAG(bool, model_patterns, true, "also run the ViT-S/16 and GPT-2 layer factors");
+ABSL_FLAG(std::string, batches, "1,196,1568,25088", "comma-separated batch sizes");
+ABSL_FLAG(std::string, dtypes, "float32,bfloat16", "comma-separated: float32, bfloat16, float16");
+ABSL_FLAG(int, repetitions, 7, "timed runs per candidate (median reported)");
+ABSL_FLAG(double, max_dense_weight_gib, 2.0, "largest densified weight matrix tried");
+
+namespace ksserve::bench {
+namespace {
+
+using kernels::DType;
+using kernels::KsAlgorithm;
+using kernels::KsKernelChoice;
+using kernels::KsPattern;
+
+[[noreturn]] void Die(const std::string& message) {
+  std::fprintf(stderr, "ksbench: %s\n", message.c_str());
+  std::exit(2);
+}
+
+void CheckCuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) Die(absl::StrFormat("%s: %s", what, cudaGetErrorString(err)));
+}
+
+struct CudaFree {
+  void operator()(void* p) const { cudaFree(p); }
+};
+using DeviceBuffer = std::unique_ptr<void, CudaFree>;
+
+// nullptr when the device is out of memory (the case is then skipped and said so).
+DeviceBuffer TryAllocate(int64_t bytes) {
+  void* p = nullptr;
+  if (cudaMalloc(&p, static_cast<size_t>(std::max<int64_t>(bytes, 1))) != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  return DeviceBuffer(p);
+}
+
+// Median milliseconds of `run` over `repetitions` after one warm-up.
+template <typename Fn>
+double MedianMs(int repetitions, cudaStream_t stream, Fn run) {
+  cudaEvent_t start, stop;
+  CheckCuda(cudaEventCreate(&start), "cudaEventCreate");
+  CheckCuda(cudaEventCreate(&stop), "cudaEventCreate");
+  run();
+  std::vector<float> times;
+  for (int i = 0; i < repetitions; ++i) {
+    CheckCuda(cudaEventRecord(start, stream), "cudaEventRecord");
+    run();
+    CheckCuda(cudaEventRecord(stop, stream), "cudaEventRecord");
+    CheckCuda(cudaEventSynchronize(stop), "ceiling run");
+    float ms = 0;
+    CheckCuda(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    times.push_back(ms);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+struct Ceilings {
+  double bandwidth_bytes_per_s = 0;  // read + write of a large device-to-device copy
+  double gemm_flops_per_s[3] = {};   // by DType
+};
+
+Ceilings MeasureCeilings(const std::vector<DType>& dtypes, cudaStream_t stream) {
+  Ceilings ceilings;
+  const int64_t copy_bytes = int64_t{2} << 30;
+  DeviceBuffer src = TryAllocate(copy_bytes), dst = TryAllocate(copy_bytes);
+  if (!src || !dst) Die("cannot allocate the copy buffers");
+  CheckCuda(cudaMemsetAsync(src.get(), 1, copy_bytes, stream), "memset");
+  const double copy_ms = MedianMs(10, stream, [&] {
+    CheckCuda(cudaMemcpyAsync(dst.get(), src.get(), copy_bytes, cudaMemcpyDeviceToDevice, stream), "copy");
+  });
+  ceilings.bandwidth_bytes_per_s = 2.0 * copy_bytes / (copy_ms * 1e-3);
+
+  cublasHandle_t handle;
+  if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) Die("cublasCreate failed");
+  cublasSetStream(handle, stream);
+  cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);  // FP32 stays strict: no TF32
+  const int n = 8192;
+  for (DType dtype : dtypes) {
+    const cudaDataType_t type = dtype == DType::kFloat32   ? CUDA_R_32F
+                                : dtype == DType::kBFloat16 ? CUDA_R_16BF
+                                                            : CUDA_R_16F;
+    const int64_t bytes = int64_t{n} * n * kernels::DTypeSize(dtype);
+    DeviceBuffer a = TryAllocate(bytes), b = TryAllocate(bytes), c = TryAllocate(bytes);
+    if (!a || !b || !c) Die("cannot allocate the GEMM buffers");
+    CheckCuda(FillRandom(a.get(), int64_t{n} * n, dtype, 1, true, 1.0f, stream), "fill");
+    CheckCuda(FillRandom(b.get(), int64_t{n} * n, dtype, 2, true, 1.0f, stream), "fill");
+    const float alpha = 1.0f, beta = 0.0f;
+    const double ms = MedianMs(5, stream, [&] {
+      if (cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, a.get(), type, n, b.get(), type, n, &beta,
+                       c.get(), type, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
+        Die("GEMM ceiling failed");
+      }
+    });
+    ceilings.gemm_flops_per_s[static_cast<int>(dtype)] = 2.0 * n * n * double(n) / (ms * 1e-3);
+  }
+  cublasDestroy(handle);
+  return ceilings;
+}
+
+struct NamedPattern {
+  std::string source;  // "paper" or the layer it comes from
+  KsPattern pattern;
+};
+
+std::vector<NamedPattern> SweepPatterns() {
+  std::vector<NamedPattern> patterns;
+  if (absl::GetFlag(FLAGS_model_patterns)) {
+    // ViT-S/16 (the paper's) and GPT-2 small layers, each factor on its own.
+    const std::vector<std::pair<std::string, KsPattern>> model = {
+        {"vit-attn-0", {2, 48, 192, 1}},  {"vit-attn-1", {1, 192, 48, 2}},  {"vit-up-0", {6, 64, 64, 1}},
+        {"vit-up-1", {1, 768, 192, 2}},   {"vit-down-0", {6, 64, 256, 1}},  {"vit-down-1", {1, 128, 128, 3}},
+        {"gpt2-attn-0", {4, 192, 192, 1}}, {"gpt2-attn-1", {1, 192, 192, 4}}, {"gpt2-up-1", {1, 768, 192, 4}},
+        {"gpt2-down-0", {4, 192, 768, 1}}};
+    for (const auto& [name, pattern] : model) patterns.push_back({name, pattern});
+  }
+  const std::vector<KsPattern> paper = testing::LoadPaperPatterns(absl::GetFlag(FLAGS_patterns_file));
+  if (paper.empty()) Die("no patterns in " + absl::GetFlag(FLAGS_patterns_file));
+  const int sample = std::min<int>(absl::GetFlag(FLAGS_paper_sample), static_cast<int>(paper.size()));
+  for (int k = 0; k < sample; ++k) patterns.push_back({"paper", paper[k * paper.size() / sample]});
+  return patterns;
+}
+
+struct Measured {
+  KsKernelChoice choice;
+  double ms = NAN;
+  double error = NAN;  // relative Frobenius error on the sampled rows
+  bool correct = false;
+};
+
+class Case {
+ public:
+  Case(const KsPattern& pattern, int64_t batch, DType dtype, cudaStream_t stream)
+      : pattern_(pattern), batch_(batch), dtype_(dtype), stream_(stream) {}
+
+  // False when the buffers do not fit on the device.
+  bool Prepare(uint64_t seed) {
+    const int64_t size = kernels::DTypeSize(dtype_);
+    x_ = TryAllocate(batch_ * pattern_.in_features() * size);
+    w_ = TryAllocate(pattern_.nonzeros() * size);
+    y_ = TryAllocate(batch_ * pattern_.out_features() * size);
+    if (!x_ || !w_ || !y_) return false;
+    CheckCuda(FillRandom(x_.get(), batch_ * pattern_.in_features(), dtype_, seed, true, 1.0f, stream_), "fill x");
+    CheckCuda(FillRandom(w_.get(), pattern_.nonzeros(), dtype_, seed + 1, false, 1.0f / pattern_.c, stream_),
+              "fill w");
+    // The copies below run on the legacy stream, which does not wait for a non-blocking one.
+    CheckCuda(cudaStreamSynchronize(stream_), "fill");
+    // The reference: sampled rows of x and all of w, exactly as stored, in FP64.
+    std::mt19937 rng(static_cast<uint32_t>(seed));
+    rows_ = testing::SampleRows(batch_, 4, rng);
+    std::vector<uint8_t> bits(static_cast<size_t>(pattern_.in_features() * size));
+    std::vector<double> x_rows;
+    for (int64_t row : rows_) {
+      CheckCuda(cudaMemcpy(bits.data(), static_cast<char*>(x_.get()) + row * pattern_.in_features() * size,
+                           bits.size(), cudaMemcpyDeviceToHost),
+                "copy x row");
+      const std::vector<double> values = testing::TypedToDouble(dtype_, bits.data(), pattern_.in_features());
+      x_rows.insert(x_rows.end(), values.begin(), values.end());
+    }
+    bits.resize(static_cast<size_t>(pattern_.nonzeros() * size));
+    CheckCuda(cudaMemcpy(bits.data(), w_.get(), bits.size(), cudaMemcpyDeviceToHost), "copy w");
+    const std::vector<double> w = testing::TypedToDouble(dtype_, bits.data(), pattern_.nonzeros());
+    // One thread per sampled row: the largest patterns have ~10^8 nonzeros.
+    reference_.assign(rows_.size() * static_cast<size_t>(pattern_.out_features()), 0.0);
+    std::vector<std::thread> threads;
+    for (size_t k = 0; k < rows_.size(); ++k) {
+      threads.emplace_back([&, k] {
+        const int64_t local[] = {static_cast<int64_t>(k)};
+        const std::vector<double> y = testing::KsFactorRowsReference(x_rows, local, pattern_, w);
+        std::copy(y.begin(), y.end(), reference_.begin() + static_cast<int64_t>(k) * pattern_.out_features());
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    return true;
+  }
+
+  kernels::KsFactorParams Params() const {
+    return {.x = x_.get(), .w = w_.get(), .y = y_.get(), .batch = batch_, .pattern = pattern_, .dtype = dtype_};
+  }
+
+  // Times `choice` and checks one fresh run of it on a poisoned output.
+  std::optional<Measured> Measure(const KsKernelChoice& choice, const kernels::KsTuneOptions& options) {
+    absl::StatusOr<std::vector<kernels::KsCandidateTime>> times =
+        kernels::TimeKernelCandidates(Params(), {choice}, options, stream_);
+    if (!times.ok()) {
+      std::fprintf(stderr, "\n  %s skipped: %s\n", kernels::KernelChoiceName(choice).c_str(),
+                   std::string(times.status().message()).c_str());
+      return std::nullopt;
+    }
+    Measured measured{.choice = choice, .ms = times->front().median_ms};
+    measured.error = Check(choice);
+    measured.correct = measured.error <= (dtype_ == DType::kFloat32 ? 1e-5 : 1e-2);
+    return measured;
+  }
+
+ private:
+  double Check(const KsKernelChoice& choice) {
+    const int64_t size = kernels::DTypeSize(dtype_), out = pattern_.out_features();
+    const int64_t packed_bytes = *kernels::PackedWeightBytes(choice.algorithm, pattern_, dtype_);
+    const int64_t workspace_bytes = *kernels::FactorWorkspaceBytes(choice.algorithm, pattern_, batch_, dtype_);
+    DeviceBuffer packed = TryAllocate(packed_bytes), workspace = TryAllocate(workspace_bytes);
+    if (!packed || !workspace) return NAN;
+    CheckCuda(cudaMemsetAsync(y_.get(), 0xff, batch_ * out * size, stream_), "poison y");  // NaN in every dtype
+    if (!kernels::PackWeightsCuda(choice.algorithm, pattern_, dtype_, w_.get(), packed.get(), stream_).ok() ||
+        !kernels::KsFactorForwardCuda(Params(), choice, packed.get(), workspace.get(), stream_).ok()) {
+      return NAN;
+    }
+    std::vector<uint8_t> bits(static_cast<size_t>(out * size));
+    std::vector<double> got;
+    for (int64_t row : rows_) {
+      CheckCuda(cudaMemcpyAsync(bits.data(), static_cast<char*>(y_.get()) + row * out * size, bits.size(),
+                                cudaMemcpyDeviceToHost, stream_),
+                "copy y row");
+      CheckCuda(cudaStreamSynchronize(stream_), "check run");
+      const std::vector<double> values = testing::TypedToDouble(dtype_, bits.data(), out);
+      got.insert(got.end(), values.begin(), values.end());
+    }
+    return testing::RelativeError(got, reference_);
+  }
+
+  KsPattern pattern_;
+  int64_t batch_;
+  DType dtype_;
+  cudaStream_t stream_;
+  DeviceBuffer x_, w_, y_;
+  std::vector<int64_t> rows_;
+  std::vector<double> reference_;
+};
+
+std::vector<int64_t> ParseBatches(const std::string& text) {
+  std::vector<int64_t> batches;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int64_t batch = 0;
+    if (!absl::SimpleAtoi(part, &batch) || batch < 1) Die(absl::StrFormat("bad batch size '%s'", part));
+    batches.push_back(batch);
+  }
+  return batches;
+}
+
+std::vector<DType> ParseDTypes(const std::string& text) {
+  std::vector<DType> dtypes;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    bool found = false;
+    for (DType dtype : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+      if (part == kernels::DTypeName(dtype)) {
+        dtypes.push_back(dtype);
+        found = true;
+      }
+    }
+    if (!found) Die(absl::StrFormat("bad dtype '%s'", part));
+  }
+  return dtypes;
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+int Run() {
+  const std::vector<int64_t> batches = ParseBatches(absl::GetFlag(FLAGS_batches));
+  const std::vector<DType> dtypes = ParseDTypes(absl::GetFlag(FLAGS_dtypes));
+  const std::vector<NamedPattern> patterns = SweepPatterns();
+  const std::vector<kernels::CudaDeviceInfo> devices = kernels::ListCudaDevices();
+  if (devices.empty()) Die("no CUDA device");
+  cudaStream_t stream;
+  CheckCuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+
+  const Ceilings ceilings = MeasureCeilings(dtypes, stream);
+  std::fprintf(stderr, "device: %s; copy %.0f GB/s", devices[0].name.c_str(), ceilings.bandwidth_bytes_per_s / 1e9);
+  for (DType dtype : dtypes) {
+    std::fprintf(stderr, "; %s GEMM %.1f TFLOP/s", kernels::DTypeName(dtype).c_str(),
+                 ceilings.gemm_flops_per_s[static_cast<int>(dtype)] / 1e12);
+  }
+  std::fprintf(stderr, "\n");
+
+  std::ofstream csv(absl::GetFlag(FLAGS_csv), std::ios::trunc);
+  if (!csv) Die("cannot write " + absl::GetFlag(FLAGS_csv));
+  csv << absl::StrFormat("# device=%s copy_GBps=%.1f", devices[0].name, ceilings.bandwidth_bytes_per_s / 1e9);
+  for (DType dtype : dtypes) {
+    csv << absl::StrFormat(" gemm_%s_TFLOPs=%.2f", kernels::DTypeName(dtype),
+                           ceilings.gemm_flops_per_s[static_cast<int>(dtype)] / 1e12);
+  }
+  csv << "\nsource,a,b,c,d,batch,dtype,floor_ms,dense_ms,bmm_ms,baseline_ms,best_fused,best_fused_ms,rule_fused_ms,"
+         "dispatched,dispatched_ms,speedup,pct_floor,correct,max_error\n";
+
+  kernels::KsTuneOptions options;
+  options.repetitions = absl::GetFlag(FLAGS_repetitions);
+  options.max_dense_weight_bytes = static_cast<int64_t>(absl::GetFlag(FLAGS_max_dense_weight_gib) * (1 << 30));
+
+  // Progress weights: bytes each case moves, plus a fixed cost per case.
+  const auto weight = [](const KsPattern& p, int64_t batch) {
+    return double(batch) * (p.in_features() + p.out_features()) + double(p.nonzeros()) + 4e6;
+  };
+  double total_weight = 0, done_weight = 0;
+  for (size_t k = 0; k < dtypes.size() * batches.size(); ++k) {
+    for (const NamedPattern& p : patterns) total_weight += weight(p.pattern, batches[k % batches.size()]);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  int failures = 0, cases_run = 0;
+  const int total_cases = static_cast<int>(dtypes.size() * batches.size() * patterns.size());
+  uint64_t seed = 1234;
+
+  struct Summary {
+    std::vector<double> speedup, pct_floor;
+    double worst_ratio = INFINITY;
+  };
+  std::vector<Summary> summaries(dtypes.size() * batches.size());
+
+  for (size_t di = 0; di < dtypes.size(); ++di) {
+    for (size_t bi = 0; bi < batches.size(); ++bi) {
+      for (const NamedPattern& named : patterns) {
+        const KsPattern& p = named.pattern;
+        const DType dtype = dtypes[di];
+        const int64_t batch = batches[bi];
+        ++cases_run;
+        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const double eta = done_weight > 0 ? elapsed * (total_weight - done_weight) / done_weight : 0;
+        std::fprintf(stderr, "\r[%d/%d] %-9s %-22s batch %-6lld elapsed %4.0fs ETA %4.0fs   ", cases_run, total_cases,
+                     kernels::DTypeName(dtype).c_str(), kernels::PatternToString(p).c_str(),
+                     static_cast<long long>(batch), elapsed, eta);
+        done_weight += weight(p, batch);
+
+        Case bench_case(p, batch, dtype, stream);
+        if (!bench_case.Prepare(seed++)) {
+          std::fprintf(stderr, "\n  skipped: buffers do not fit on the device\n");
+          csv << absl::StrFormat("%s,%d,%d,%d,%d,%d,%s,,,,,,,,skipped: out of memory,,,,,\n", named.source, p.a, p.b,
+                                 p.c, p.d, batch, kernels::DTypeName(dtype));
+          continue;
+        }
+        const double element = kernels::DTypeSize(dtype);
+        const double bytes = (double(batch) * (p.in_features() + p.out_features()) + p.nonzeros()) * element;
+        const double flops = 2.0 * batch * double(p.nonzeros());
+        const double floor_ms =
+            1e3 * std::max(bytes / ceilings.bandwidth_bytes_per_s, flops / ceilings.gemm_flops_per_s[int(dtype)]);
+
+        std::vector<Measured> results;
+        const std::optional<Measured> bmm = bench_case.Measure({.algorithm = KsAlgorithm::kBmm}, options);
+        if (bmm) results.push_back(*bmm);
+        // Dense only where it could win: its own floor (a·d times the FLOPs and weights) must be
+        // within reach of bmm's measured time.
+        const double dense_bytes = (double(batch) * (p.in_features() + p.out_features()) +
+                                    double(p.in_features()) * p.out_features()) * element;
+        const double dense_floor_ms =
+            1e3 * std::max(dense_bytes / ceilings.bandwidth_bytes_per_s,
+                           2.0 * batch * double(p.in_features()) * p.out_features() / ceilings.gemm_flops_per_s[int(dtype)]);
+        std::optional<Measured> dense;
+        if (dense_bytes - double(batch) * (p.in_features() + p.out_features()) * element <=
+                double(options.max_dense_weight_bytes) &&
+            (!bmm || dense_floor_ms < 2.0 * bmm->ms)) {
+          dense = bench_case.Measure({.algorithm = KsAlgorithm::kDense}, options);
+          if (dense) results.push_back(*dense);
+        }
+        std::optional<Measured> best_fused, rule_fused;
+        const kernels::FusedTile rule_tile = kernels::DefaultFusedTile(p, batch, dtype);
+        for (const KsKernelChoice& candidate : kernels::KernelCandidates(p, dtype, options)) {
+          if (candidate.algorithm != KsAlgorithm::kFused) continue;
+          const kernels::FusedTile tile = candidate.tile;
+          const std::optional<Measured> fused = bench_case.Measure(candidate, options);
+          if (!fused) continue;
+          results.push_back(*fused);
+          if (tile == rule_tile) rule_fused = fused;
+          if (fused->correct && (!best_fused || fused->ms < best_fused->ms)) best_fused = fused;
+        }
+        bool all_correct = true;
+        double max_error = 0;
+        for (const Measured& m : results) {
+          all_correct = all_correct && m.correct;
+          max_error = std::max(max_error, std::isnan(m.error) ? INFINITY : m.error);
+          if (!m.correct) {
+            std::fprintf(stderr, "\n  WRONG: %s on %s batch %lld %s: relative error %g\n",
+                         kernels::KernelChoiceName(m.choice).c_str(), kernels::PatternToString(p).c_str(),
+                         static_cast<long long>(batch), kernels::DTypeName(dtype).c_str(), m.error);
+          }
+        }
+        if (!all_correct) ++failures;
+        // The dispatcher's autotuned pick: the fastest correct candidate.
+        std::optional<Measured> dispatched;
+        for (const Measured& m : results) {
+          if (m.correct && (!dispatched || m.ms < dispatched->ms)) dispatched = m;
+        }
+        const double dense_ms = dense && dense->correct ? dense->ms : NAN;
+        const double bmm_ms = bmm && bmm->correct ? bmm->ms : NAN;
+        const double baseline_ms = std::fmin(dense_ms, bmm_ms);
+        const double dispatched_ms = dispatched ? dispatched->ms : NAN;
+        const double speedup = baseline_ms / dispatched_ms;
+        const double pct_floor = 100.0 * floor_ms / dispatched_ms;
+        Summary& summary = summaries[di * batches.size() + bi];
+        if (std::isfinite(speedup)) {
+          summary.speedup.push_back(speedup);
+          summary.worst_ratio = std::min(summary.worst_ratio, speedup);
+        }
+        if (std::isfinite(pct_floor)) summary.pct_floor.push_back(pct_floor);
+        const auto ms = [](double v) { return std::isnan(v) ? std::string() : absl::StrFormat("%.5f", v); };
+        csv << absl::StrFormat("%s,%d,%d,%d,%d,%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%.3f,%.1f,%s,%.3g\n", named.source,
+                               p.a, p.b, p.c, p.d, batch, kernels::DTypeName(dtype), ms(floor_ms), ms(dense_ms),
+                               ms(bmm_ms), ms(baseline_ms),
+                               best_fused ? kernels::KernelChoiceName(best_fused->choice) : "",
+                               ms(best_fused ? best_fused->ms : NAN), ms(rule_fused ? rule_fused->ms : NAN),
+                               dispatched ? kernels::KernelChoiceName(dispatched->choice) : "", ms(dispatched_ms),
+                               speedup, pct_floor, all_correct ? "yes" : "NO", max_error);
+        csv.flush();
+      }
+    }
+  }
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "\ndone in %.0f s; %d case(s) with a failed correctness check\n", elapsed, failures);
+  std::printf("%-9s %7s %8s %15s %14s %12s\n", "dtype", "batch", "cases", "median speedup", "median %floor",
+              "worst ratio");
+  for (size_t di = 0; di < dtypes.size(); ++di) {
+    for (size_t bi = 0; bi < batches.size(); ++bi) {
+      const Summary& s = summaries[di * batches.size() + bi];
+      std::printf("%-9s %7lld %8zu %14.2fx %13.1f%% %11.2fx\n", kernels::DTypeName(dtypes[di]).c_str(),
+                  static_cast<long long>(batches[bi]), s.speedup.size(), Median(s.speedup), Median(s.pct_floor),
+                  s.worst_ratio);
+    }
+  }
+  cudaStreamDestroy(stream);
+  return failures == 0 ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace ksserve::bench
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return ksserve::bench::Run();
+}

@@ -1,0 +1,238 @@
+#include "kernels/ks_autotune.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <memory>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+
+#if KSSERVE_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace ksserve::kernels {
+namespace {
+
+constexpr char kCacheHeader[] = "# ksserve KS autotune cache v1: device\tpattern\tbatch_class\tdtype\tkernel";
+
+std::string KeyText(const KsTuneKey& key) {
+  return absl::StrFormat("%s\t%d,%d,%d,%d\t%d\t%s", key.device, key.pattern.a, key.pattern.b, key.pattern.c,
+                         key.pattern.d, key.batch_class, DTypeName(key.dtype));
+}
+
+#if KSSERVE_WITH_CUDA
+absl::Status Check(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrFormat("%s: %s", what, cudaGetErrorString(err)));
+}
+
+struct CudaFree {
+  void operator()(void* p) const { cudaFree(p); }
+};
+using DeviceBuffer = std::unique_ptr<void, CudaFree>;
+
+absl::StatusOr<DeviceBuffer> Allocate(int64_t bytes) {
+  if (bytes == 0) return DeviceBuffer();
+  void* p = nullptr;
+  if (cudaError_t err = cudaMalloc(&p, static_cast<size_t>(bytes)); err != cudaSuccess) {
+    cudaGetLastError();
+    return absl::ResourceExhaustedError(absl::StrFormat("cudaMalloc(%d): %s", bytes, cudaGetErrorString(err)));
+  }
+  return DeviceBuffer(p);
+}
+
+struct EventDeleter {
+  void operator()(cudaEvent_t e) const { cudaEventDestroy(e); }
+};
+using Event = std::unique_ptr<CUevent_st, EventDeleter>;
+
+absl::StatusOr<double> TimeOne(const KsFactorParams& params, const KsKernelChoice& choice,
+                               const KsTuneOptions& options, void* l2_flush, CudaStream stream) {
+  absl::StatusOr<int64_t> packed_bytes = PackedWeightBytes(choice.algorithm, params.pattern, params.dtype);
+  if (!packed_bytes.ok()) return packed_bytes.status();
+  absl::StatusOr<int64_t> workspace_bytes =
+      FactorWorkspaceBytes(choice.algorithm, params.pattern, params.batch, params.dtype);
+  if (!workspace_bytes.ok()) return workspace_bytes.status();
+  absl::StatusOr<DeviceBuffer> packed = Allocate(*packed_bytes);
+  if (!packed.ok()) return packed.status();
+  absl::StatusOr<DeviceBuffer> workspace = Allocate(*workspace_bytes);
+  if (!workspace.ok()) return workspace.status();
+  if (absl::Status s =
+          PackWeightsCuda(choice.algorithm, params.pattern, params.dtype, params.w, packed->get(), stream);
+      !s.ok()) {
+    return s;
+  }
+  cudaEvent_t raw_start = nullptr, raw_stop = nullptr;
+  if (absl::Status s = Check(cudaEventCreate(&raw_start), "cudaEventCreate"); !s.ok()) return s;
+  Event start(raw_start);
+  if (absl::Status s = Check(cudaEventCreate(&raw_stop), "cudaEventCreate"); !s.ok()) return s;
+  Event stop(raw_stop);
+  for (int i = 0; i < options.warmup; ++i) {
+    if (absl::Status s = KsFactorForwardCuda(params, choice, packed->get(), workspace->get(), stream); !s.ok()) {
+      return s;
+    }
+  }
+  std::vector<double> times;
+  for (int i = 0; i < options.repetitions; ++i) {
+    if (l2_flush != nullptr) {
+      const int value = i & 1 ? 0x5a : 0xa5;
+      if (absl::Status s = Check(cudaMemsetAsync(l2_flush, value, static_cast<size_t>(options.l2_flush_bytes), stream),
+                                 "L2 flush");
+          !s.ok()) {
+        return s;
+      }
+    }
+    if (absl::Status s = Check(cudaEventRecord(start.get(), stream), "cudaEventRecord"); !s.ok()) return s;
+    if (absl::Status s = KsFactorForwardCuda(params, choice, packed->get(), workspace->get(), stream); !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = Check(cudaEventRecord(stop.get(), stream), "cudaEventRecord"); !s.ok()) return s;
+    if (absl::Status s = Check(cudaEventSynchronize(stop.get()), "kernel run"); !s.ok()) return s;
+    float ms = 0;
+    if (absl::Status s = Check(cudaEventElapsedTime(&ms, start.get(), stop.get()), "cudaEventElapsedTime"); !s.ok()) {
+      return s;
+    }
+    times.push_back(ms);
+  }
+  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
+  return times[times.size() / 2];
+}
+#endif
+
+}  // namespace
+
+int BatchClass(int64_t batch) {
+  constexpr int64_t kUpper[] = {1, 8, 64, 512, 4096, 32768};
+  int batch_class = 0;
+  while (batch_class < 6 && batch > kUpper[batch_class]) ++batch_class;
+  return batch_class;
+}
+
+std::vector<KsKernelChoice> KernelCandidates(const KsPattern& pattern, DType dtype, const KsTuneOptions& options) {
+  std::vector<KsKernelChoice> candidates;
+  for (FusedTile tile : kAllFusedTiles) {
+    if (FusedTileUsesTensorCores(tile) && dtype == DType::kFloat32) continue;
+    // A j group wider than d leaves lanes idle; such tiles never win and cost tuning time. The
+    // rule's tile is always tried.
+    if (FusedTileJ(tile) <= std::max<int64_t>(pattern.d, 1) || tile == DefaultFusedTile(pattern, 1, dtype) ||
+        tile == DefaultFusedTile(pattern, int64_t{1} << 20, dtype)) {
+      candidates.push_back({.algorithm = KsAlgorithm::kFused, .tile = tile});
+    }
+  }
+  candidates.push_back({.algorithm = KsAlgorithm::kBmm});
+  absl::StatusOr<int64_t> dense_bytes = PackedWeightBytes(KsAlgorithm::kDense, pattern, dtype);
+  if (dense_bytes.ok() && *dense_bytes <= options.max_dense_weight_bytes) {
+    candidates.push_back({.algorithm = KsAlgorithm::kDense});
+  }
+  return candidates;
+}
+
+absl::StatusOr<std::vector<KsCandidateTime>> TimeKernelCandidates(const KsFactorParams& params,
+                                                                  absl::Span<const KsKernelChoice> candidates,
+                                                                  const KsTuneOptions& options, CudaStream stream) {
+  if (absl::Status s = ValidateFactorParams(params); !s.ok()) return s;
+  if (options.repetitions < 1 || options.warmup < 0 || options.l2_flush_bytes < 0) {
+    return absl::InvalidArgumentError("autotune needs at least one repetition");
+  }
+  if (candidates.empty()) return absl::InvalidArgumentError("no candidates to time");
+#if KSSERVE_WITH_CUDA
+  absl::StatusOr<DeviceBuffer> l2_flush = Allocate(options.l2_flush_bytes);
+  if (!l2_flush.ok()) return l2_flush.status();
+  std::vector<KsCandidateTime> times;
+  std::vector<std::string> failures;
+  for (const KsKernelChoice& choice : candidates) {
+    absl::StatusOr<double> ms = TimeOne(params, choice, options, l2_flush->get(), stream);
+    if (ms.ok()) {
+      times.push_back({.choice = choice, .median_ms = *ms});
+    } else {
+      failures.push_back(absl::StrFormat("%s: %s", KernelChoiceName(choice), ms.status().message()));
+      // A launch error is sticky only for faults; clear what can be cleared and go on.
+      cudaGetLastError();
+    }
+  }
+  if (times.empty()) {
+    return absl::InternalError(absl::StrCat("no KS kernel candidate ran: ", absl::StrJoin(failures, "; ")));
+  }
+  std::stable_sort(times.begin(), times.end(),
+                   [](const KsCandidateTime& x, const KsCandidateTime& y) { return x.median_ms < y.median_ms; });
+  return times;
+#else
+  (void)stream;
+  return absl::FailedPreconditionError("ksserve was built without CUDA (preset 'cpu')");
+#endif
+}
+
+absl::StatusOr<KsAutotuneCache> KsAutotuneCache::Load(const std::string& path) {
+  KsAutotuneCache cache;
+  std::ifstream file(path);
+  if (!file) {
+    if (errno == ENOENT) return cache;
+    return absl::FailedPreconditionError(absl::StrFormat("cannot read %s: %s", path, std::strerror(errno)));
+  }
+  std::string line;
+  int line_number = 0;
+  while (std::getline(file, line)) {
+    ++line_number;
+    if (line.empty() || line[0] == '#') continue;
+    const std::vector<std::string> fields = absl::StrSplit(line, '\t');
+    const auto error = [&](absl::string_view why) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s:%d: %s", path, line_number, why));
+    };
+    if (fields.size() != 5) return error("expected 5 tab-separated fields");
+    KsTuneKey key;
+    key.device = fields[0];
+    const std::vector<std::string> sizes = absl::StrSplit(fields[1], ',');
+    if (sizes.size() != 4 || !absl::SimpleAtoi(sizes[0], &key.pattern.a) || !absl::SimpleAtoi(sizes[1], &key.pattern.b) ||
+        !absl::SimpleAtoi(sizes[2], &key.pattern.c) || !absl::SimpleAtoi(sizes[3], &key.pattern.d) ||
+        !ValidatePattern(key.pattern).ok()) {
+      return error("bad pattern");
+    }
+    if (!absl::SimpleAtoi(fields[2], &key.batch_class) || key.batch_class < 0 || key.batch_class > 6) {
+      return error("bad batch class");
+    }
+    bool dtype_found = false;
+    for (DType dtype : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+      if (fields[3] == DTypeName(dtype)) {
+        key.dtype = dtype;
+        dtype_found = true;
+      }
+    }
+    if (!dtype_found) return error("bad dtype");
+    absl::StatusOr<KsKernelChoice> choice = ParseKernelChoice(fields[4]);
+    if (!choice.ok()) return error(choice.status().message());
+    cache.Insert(key, *choice);
+  }
+  return cache;
+}
+
+absl::Status KsAutotuneCache::Save(const std::string& path) const {
+  // Written beside the target and renamed, so a reader never sees half a file.
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream file(temporary, std::ios::trunc);
+    file << kCacheHeader << "\n";
+    for (const auto& [key, choice] : entries_) file << key << "\t" << KernelChoiceName(choice) << "\n";
+    file.flush();
+    if (!file) return absl::FailedPreconditionError(absl::StrFormat("cannot write %s", temporary));
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    return absl::FailedPreconditionError(absl::StrFormat("cannot rename %s: %s", temporary, std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+std::optional<KsKernelChoice> KsAutotuneCache::Find(const KsTuneKey& key) const {
+  auto it = entries_.find(KeyText(key));
+  if (it == entries_.end()) return std::nullopt;
+  return it->second;
+}
+
+void KsAutotuneCache::Insert(const KsTuneKey& key, const KsKernelChoice& choice) { entries_[KeyText(key)] = choice; }
+
+}  // namespace ksserve::kernels

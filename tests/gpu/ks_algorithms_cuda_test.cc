@@ -1,0 +1,197 @@
+// Every CUDA algorithm of the KS library (naive, each fused tile, cuBLAS dense and bmm with their
+// packed weights) against the FP64 reference, on poisoned outputs, over model patterns,
+// butterflies, odd shapes, the paper sample and the suite's batch sizes; and the autotuner.
+// Skips cleanly without CUDA (build or device).
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <random>
+
+#include "gtest/gtest.h"
+#include "kernels/device.h"
+#include "kernels/ks_autotune.h"
+#include "kernels/ks_matmul.h"
+#include "tests/testing/ks_reference.h"
+#include "tests/testing/torch_reference.h"
+
+#if KSSERVE_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace ksserve::kernels {
+namespace {
+
+using testing::TorchChainReference;
+using testing::TorchRelativeError;
+
+class CudaAlgorithmsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!GetKernelBuildInfo().cuda_enabled) GTEST_SKIP() << "built without CUDA";
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  }
+  const torch::Device cuda_{torch::kCUDA, 0};
+};
+
+#if KSSERVE_WITH_CUDA
+double Tolerance(torch::ScalarType dtype) { return dtype == torch::kFloat32 ? 1e-5 : 1e-2; }
+
+DType ToDType(torch::ScalarType t) {
+  return t == torch::kFloat32 ? DType::kFloat32 : t == torch::kBFloat16 ? DType::kBFloat16 : DType::kFloat16;
+}
+
+std::vector<KsKernelChoice> AllChoices() {
+  std::vector<KsKernelChoice> choices = {{.algorithm = KsAlgorithm::kNaive},
+                                         {.algorithm = KsAlgorithm::kDense},
+                                         {.algorithm = KsAlgorithm::kBmm}};
+  for (FusedTile tile : kAllFusedTiles) choices.push_back({.algorithm = KsAlgorithm::kFused, .tile = tile});
+  return choices;
+}
+
+// Runs one factor with `choice` (packing its weights first) into a NaN-poisoned output.
+torch::Tensor RunFactor(const torch::Tensor& x, const torch::Tensor& w, const std::optional<torch::Tensor>& bias,
+                        Activation activation, const KsKernelChoice& choice) {
+  const KsPattern pattern{w.size(0), w.size(1), w.size(2), w.size(3)};
+  const DType dtype = ToDType(x.scalar_type());
+  const auto bytes = torch::TensorOptions().dtype(torch::kUInt8).device(x.device());
+  const torch::Tensor packed = torch::empty({*PackedWeightBytes(choice.algorithm, pattern, dtype)}, bytes);
+  const torch::Tensor workspace =
+      torch::empty({*FactorWorkspaceBytes(choice.algorithm, pattern, x.size(0), dtype)}, bytes);
+  torch::Tensor y = torch::full({x.size(0), pattern.out_features()}, std::numeric_limits<float>::quiet_NaN(),
+                                x.options());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const absl::Status packed_ok =
+      PackWeightsCuda(choice.algorithm, pattern, dtype, w.const_data_ptr(), packed.data_ptr(), stream);
+  EXPECT_TRUE(packed_ok.ok()) << packed_ok;
+  const KsFactorParams params{.x = x.const_data_ptr(),
+                              .w = w.const_data_ptr(),
+                              .bias = bias.has_value() ? bias->const_data_ptr() : nullptr,
+                              .y = y.mutable_data_ptr(),
+                              .batch = x.size(0),
+                              .pattern = pattern,
+                              .dtype = dtype,
+                              .activation = activation};
+  const absl::Status ran = KsFactorForwardCuda(params, choice, packed.const_data_ptr(), workspace.data_ptr(), stream);
+  EXPECT_TRUE(ran.ok()) << KernelChoiceName(choice) << ": " << ran;
+  return y;
+}
+
+struct Case {
+  KsPattern pattern;
+  int64_t batch;
+};
+
+// Checks every algorithm on one factor; large batches against sampled rows.
+void CheckAllAlgorithms(const Case& c, torch::ScalarType dtype, Activation activation, const torch::Device& device,
+                        std::mt19937& rng) {
+  const KsPattern& p = c.pattern;
+  const torch::Tensor w = ((torch::rand({p.a, p.b, p.c, p.d}, device) * 2 - 1) / std::sqrt(double(p.c))).to(dtype);
+  const torch::Tensor x = torch::randn({c.batch, p.in_features()}, device).to(dtype);
+  const std::optional<torch::Tensor> bias =
+      activation == Activation::kNone ? std::nullopt : std::optional(torch::randn({p.out_features()}, device).to(dtype));
+  const std::vector<int64_t> rows = testing::SampleRows(c.batch, 48, rng);
+  const torch::Tensor index = torch::tensor(rows, torch::kInt64).to(device);
+  const torch::Tensor reference = TorchChainReference(x.index_select(0, index), {w}, bias, activation);
+  for (const KsKernelChoice& choice : AllChoices()) {
+    if (choice.algorithm == KsAlgorithm::kDense && p.in_features() * p.out_features() > (int64_t{1} << 28)) continue;
+    if (choice.algorithm == KsAlgorithm::kFused && FusedTileUsesTensorCores(choice.tile) && dtype == torch::kFloat32) {
+      continue;  // rejected, see TensorCoreTilesRejectFloat32
+    }
+    const torch::Tensor y = RunFactor(x, w, bias, activation, choice);
+    EXPECT_TRUE(torch::isfinite(y).all().item<bool>())
+        << KernelChoiceName(choice) << " left outputs unwritten: " << PatternToString(p) << " batch " << c.batch;
+    EXPECT_LE(TorchRelativeError(y.index_select(0, index), reference), Tolerance(dtype))
+        << KernelChoiceName(choice) << " " << PatternToString(p) << " batch " << c.batch << " "
+        << c10::toString(dtype) << " activation " << static_cast<int>(activation);
+  }
+}
+
+TEST_F(CudaAlgorithmsTest, EveryAlgorithmMatchesFp64OnModelButterflyAndOddPatterns) {
+  std::vector<Case> cases = {
+      // ViT-S/16 (rightmost factor first per layer) and GPT-2 small layers.
+      {{2, 48, 192, 1}, 196}, {{1, 192, 48, 2}, 196}, {{6, 64, 64, 1}, 1568}, {{1, 768, 192, 2}, 17},
+      {{6, 64, 256, 1}, 3}, {{1, 128, 128, 3}, 25088}, {{4, 192, 192, 1}, 2}, {{1, 768, 192, 4}, 1},
+      {{4, 192, 768, 1}, 10007}, {{1, 192, 192, 4}, 196},
+      // Butterfly factors of n = 256 (b = c = 2, d = 2^k).
+      {{128, 2, 2, 1}, 1568}, {{16, 2, 2, 8}, 17}, {{1, 2, 2, 128}, 196}, {{4, 2, 2, 32}, 10007},
+      // Odd shapes: b, c, d in {1, 3, 5, 7, 48, 96}, prime a.
+      {{13, 5, 7, 3}, 2}, {{3, 96, 48, 7}, 3}, {{1, 1, 1, 1}, 1}, {{7, 3, 96, 5}, 17}, {{5, 48, 1, 96}, 196},
+      {{11, 7, 5, 48}, 1568}, {{2, 1, 3, 33}, 10007}};
+  std::mt19937 rng(std::random_device{}());
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    for (size_t k = 0; k < cases.size(); ++k) {
+      const Activation activation = static_cast<Activation>(k % 4);
+      CheckAllAlgorithms(cases[k], dtype, activation, cuda_, rng);
+    }
+  }
+}
+
+TEST_F(CudaAlgorithmsTest, EveryAlgorithmMatchesFp64OnThePaperSample) {
+  const std::vector<KsPattern> sample = testing::PaperPatternSample(KSSERVE_PAPER_PATTERNS);
+  ASSERT_EQ(sample.size(), 24u);
+  const int64_t batches[] = {1, 2, 3, 17, 196, 1568, 25088, 10007};
+  std::mt19937 rng(std::random_device{}());
+  for (size_t k = 0; k < sample.size(); ++k) {
+    for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+      CheckAllAlgorithms({sample[k], batches[k % std::size(batches)]}, dtype, Activation::kNone, cuda_, rng);
+    }
+  }
+}
+
+TEST_F(CudaAlgorithmsTest, TensorCoreTilesRejectFloat32) {
+  const torch::Tensor w = torch::randn({2, 16, 16, 1}, cuda_);
+  const torch::Tensor x = torch::randn({5, 32}, cuda_);
+  torch::Tensor y = torch::empty({5, 32}, cuda_);
+  const KsFactorParams params{.x = x.const_data_ptr(), .w = w.const_data_ptr(), .y = y.mutable_data_ptr(),
+                              .batch = 5, .pattern = {2, 16, 16, 1}};
+  const absl::Status status =
+      KsFactorForwardCuda(params, {.algorithm = KsAlgorithm::kFused, .tile = FusedTile::kMmaJ1M128N64}, nullptr,
+                          nullptr, c10::cuda::getCurrentCUDAStream().stream());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("strict"), std::string::npos) << status;
+}
+
+// Misaligned pointers (an offset view of a tensor) take the scalar-load path and stay correct.
+TEST_F(CudaAlgorithmsTest, MisalignedOperandsAreCorrect) {
+  std::mt19937 rng(std::random_device{}());
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const KsPattern p{3, 64, 64, 8};
+    const torch::Tensor w_storage = torch::randn({p.nonzeros() + 1}, cuda_).to(dtype);
+    const torch::Tensor x_storage = torch::randn({333 * p.in_features() + 1}, cuda_).to(dtype);
+    const torch::Tensor w = w_storage.narrow(0, 1, p.nonzeros()).view({p.a, p.b, p.c, p.d});
+    const torch::Tensor x = x_storage.narrow(0, 1, 333 * p.in_features()).view({333, p.in_features()});
+    const torch::Tensor reference = TorchChainReference(x, {w}, std::nullopt, Activation::kNone);
+    for (const KsKernelChoice& choice : AllChoices()) {
+      if (choice.algorithm != KsAlgorithm::kFused || (FusedTileUsesTensorCores(choice.tile) && dtype == torch::kFloat32)) {
+        continue;
+      }
+      EXPECT_LE(TorchRelativeError(RunFactor(x, w, std::nullopt, Activation::kNone, choice), reference), Tolerance(dtype))
+          << KernelChoiceName(choice) << " " << c10::toString(dtype);
+    }
+  }
+  (void)rng;
+}
+
+TEST_F(CudaAlgorithmsTest, AutotuneTimesEveryCandidateAndReturnsTheFastestFirst) {
+  const KsPattern p{6, 64, 64, 1};
+  const int64_t batch = 1568;
+  const torch::Tensor w = torch::randn({p.a, p.b, p.c, p.d}, cuda_);
+  const torch::Tensor x = torch::randn({batch, p.in_features()}, cuda_);
+  torch::Tensor y = torch::empty({batch, p.out_features()}, cuda_);
+  const KsFactorParams params{.x = x.const_data_ptr(), .w = w.const_data_ptr(), .y = y.mutable_data_ptr(),
+                              .batch = batch, .pattern = p};
+  const KsTuneOptions options;
+  const std::vector<KsKernelChoice> candidates = KernelCandidates(p, DType::kFloat32, options);
+  // d = 1: the three j1 tiles, bmm and dense.
+  EXPECT_EQ(candidates.size(), 5u);
+  absl::StatusOr<std::vector<KsCandidateTime>> times =
+      TimeKernelCandidates(params, candidates, options, c10::cuda::getCurrentCUDAStream().stream());
+  ASSERT_TRUE(times.ok()) << times.status();
+  ASSERT_EQ(times->size(), candidates.size());
+  for (size_t k = 1; k < times->size(); ++k) EXPECT_LE((*times)[k - 1].median_ms, (*times)[k].median_ms);
+  EXPECT_GT(times->front().median_ms, 0.0);
+}
+#endif
+
+}  // namespace
+}  // namespace ksserve::kernels
