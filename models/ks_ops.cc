@@ -1,6 +1,9 @@
 #include "models/ks_ops.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -82,6 +85,34 @@ absl::Status OnDevice(const torch::Tensor& x, CpuFn cpu, CudaFn cuda) {
 #endif
 }
 
+// The CPU kernel on row blocks of the batch, in parallel on LibTorch's intra-op threads
+// (torch::set_num_threads). Each block gets its own slice of the workspace, which is linear in
+// the batch size.
+absl::Status ChainForwardCpuParallel(const kernels::KsChainParams& params) {
+  int64_t row_cost = 0;
+  for (const kernels::KsPattern& p : params.patterns) row_cost += p.nonzeros();
+  const absl::StatusOr<int64_t> row_workspace = kernels::ChainWorkspaceBytes(params.patterns, 1, params.dtype);
+  if (!row_workspace.ok()) return row_workspace.status();
+  const int64_t element = kernels::DTypeSize(params.dtype);
+  const int64_t in = params.patterns.front().in_features(), out = params.patterns.back().out_features();
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(row_cost, 1));
+  std::mutex mutex;
+  absl::Status status;
+  at::parallel_for(0, params.batch, grain, [&](int64_t begin, int64_t end) {
+    kernels::KsChainParams block = params;
+    block.batch = end - begin;
+    block.x = static_cast<const char*>(params.x) + begin * in * element;
+    block.y = static_cast<char*>(params.y) + begin * out * element;
+    block.workspace = *row_workspace == 0 ? nullptr : static_cast<char*>(params.workspace) + begin * *row_workspace;
+    absl::Status s = kernels::KsChainForwardCpu(block);
+    if (!s.ok()) {
+      const std::lock_guard<std::mutex> lock(mutex);
+      if (status.ok()) status = std::move(s);
+    }
+  });
+  return status;
+}
+
 }  // namespace
 
 absl::StatusOr<torch::Tensor> KsFactorForward(const torch::Tensor& x, const torch::Tensor& w,
@@ -130,7 +161,7 @@ absl::StatusOr<torch::Tensor> KsChainForward(const torch::Tensor& x, const std::
   params.workspace = workspace->mutable_data_ptr();
   for (const torch::Tensor& w : weights) params.weights.push_back(w.const_data_ptr());
   absl::Status status = OnDevice(
-      x, [&] { return kernels::KsChainForwardCpu(params); },
+      x, [&] { return ChainForwardCpuParallel(params); },
       [&](kernels::CudaStream stream) { return kernels::KsChainForwardCuda(params, stream); });
   if (!status.ok()) return status;
   return *std::move(y);

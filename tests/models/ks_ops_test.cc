@@ -36,6 +36,31 @@ TEST(KsChainForwardTest, MatchesTorchFp64OnCpuForEveryDType) {
   }
 }
 
+// The CPU path splits the batch over LibTorch's threads: every thread count and a batch that
+// does not divide evenly give the single-threaded result bit for bit.
+TEST(KsChainForwardTest, ThreadCountDoesNotChangeTheResult) {
+  const int threads_before = torch::get_num_threads();
+  const std::vector<torch::Tensor> weights = {torch::randn({6, 64, 64, 1}), torch::randn({1, 768, 192, 2})};
+  const torch::Tensor bias = torch::randn({1536});
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    std::vector<torch::Tensor> typed;
+    for (const torch::Tensor& w : weights) typed.push_back(w.to(dtype));
+    const torch::Tensor x = torch::randn({1009, 384}).to(dtype);
+    torch::set_num_threads(1);
+    absl::StatusOr<torch::Tensor> single = KsChainForward(x, typed, bias.to(dtype), Activation::kGeluTanh);
+    ASSERT_TRUE(single.ok()) << single.status();
+    for (const int threads : {2, 3, 8}) {
+      torch::set_num_threads(threads);
+      absl::StatusOr<torch::Tensor> parallel = KsChainForward(x, typed, bias.to(dtype), Activation::kGeluTanh);
+      ASSERT_TRUE(parallel.ok()) << parallel.status();
+      EXPECT_TRUE(torch::equal(*parallel, *single)) << threads << " threads, " << c10::toString(dtype);
+    }
+    EXPECT_LE(TorchRelativeError(*single, TorchChainReference(x, typed, bias.to(dtype), Activation::kGeluTanh)),
+              dtype == torch::kFloat32 ? 1e-5 : 1e-2);
+  }
+  torch::set_num_threads(threads_before);
+}
+
 TEST(KsFactorForwardTest, RejectsBadTensorsWithClearErrors) {
   const torch::Tensor w = torch::randn({2, 3, 4, 5});
   const torch::Tensor x = torch::randn({7, 2 * 4 * 5});
