@@ -1,11 +1,9 @@
 // Device-side random fill for ksbench: counter-based hashing, so gigabytes of inputs take
 // milliseconds and the same seed gives the same values.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <algorithm>
 
 #include "bench/fill.h"
+#include "kernels/cuda/convert.cuh"
 
 namespace ksserve::bench {
 namespace {
@@ -21,15 +19,6 @@ __device__ inline uint64_t SplitMix64(uint64_t z) {
 __device__ inline float Unit(uint64_t bits) { return (static_cast<float>(bits >> 40) + 1.0f) * (1.0f / 16777216.0f); }
 
 template <typename T>
-__device__ inline T Store(float v);
-template <>
-__device__ inline float Store<float>(float v) { return v; }
-template <>
-__device__ inline __nv_bfloat16 Store<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ inline __half Store<__half>(float v) { return __float2half_rn(v); }
-
-template <typename T>
 __global__ void FillKernel(T* out, int64_t count, uint64_t seed, bool normal, float scale) {
   for (int64_t k = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; k < count; k += int64_t{gridDim.x} * blockDim.x) {
     const uint64_t bits = SplitMix64(seed ^ SplitMix64(static_cast<uint64_t>(k)));
@@ -40,7 +29,7 @@ __global__ void FillKernel(T* out, int64_t count, uint64_t seed, bool normal, fl
     } else {
       v = 2.0f * Unit(bits) - 1.0f;
     }
-    out[k] = Store<T>(v * scale);
+    out[k] = kernels::cuda::FromFloat<T>(v * scale);
   }
 }
 
@@ -49,17 +38,11 @@ __global__ void FillKernel(T* out, int64_t count, uint64_t seed, bool normal, fl
 cudaError_t FillRandom(void* out, int64_t count, kernels::DType dtype, uint64_t seed, bool normal, float scale,
                        cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>(std::clamp<int64_t>((count + 255) / 256, 1, 65536));
-  switch (dtype) {
-    case kernels::DType::kFloat32:
-      FillKernel<<<blocks, 256, 0, stream>>>(static_cast<float*>(out), count, seed, normal, scale);
-      break;
-    case kernels::DType::kBFloat16:
-      FillKernel<<<blocks, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(out), count, seed, normal, scale);
-      break;
-    case kernels::DType::kFloat16:
-      FillKernel<<<blocks, 256, 0, stream>>>(static_cast<__half*>(out), count, seed, normal, scale);
-      break;
-  }
+  kernels::cuda::WithStorageType(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    FillKernel<<<blocks, 256, 0, stream>>>(static_cast<T*>(out), count, seed, normal, scale);
+    return 0;
+  });
   return cudaGetLastError();
 }
 
