@@ -4,8 +4,10 @@
     python3 bench/plot_ksbench.py bench/results/h100-ksbench.csv bench/results/h100-ksbench.png
 
 One panel per dtype; per batch size, the patterns sorted by speedup (as in the paper's figure),
-for the best fused kernel alone and for the dispatched path (the autotuned pick among fused
-tiles, dense and bmm, which never drops below 1).
+for the best fused kernel alone and for the autotuned pick among fused tiles, dense and bmm
+(which includes the baselines, so it never drops below 1 in the run that picked it). Also prints
+a table per dtype and batch: median and worst speedup of the autotuned pick, of the best fused
+tile, and of the tile the rule picks (what KsFactorForwardCuda runs without autotuning).
 """
 import csv
 import sys
@@ -32,10 +34,35 @@ def load(path):
     return header, rows
 
 
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+
+
+def print_table(rows, dtypes, batches):
+    print("| dtype | batch | autotuned: median | best fused tile: median / worst / patterns below 1 "
+          "| rule tile: median / worst / patterns below 1 | autotuned: median % of floor |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for dtype in dtypes:
+        for batch in batches:
+            sel = [r for r in rows if r["dtype"] == dtype and int(r["batch"]) == batch]
+            base = [float(r["baseline_ms"]) for r in sel]
+            tuned = [b / float(r["dispatched_ms"]) for b, r in zip(base, sel)]
+            fused = [b / float(r["best_fused_ms"]) for b, r in zip(base, sel)]
+            rule = [b / float(r["rule_fused_ms"]) for b, r in zip(base, sel) if r["rule_fused_ms"]]
+            floor = [100 * float(r["floor_ms"]) / float(r["dispatched_ms"]) for r in sel]
+            print(f"| {dtype} | {batch} | {median(tuned):.2f}x "
+                  f"| {median(fused):.2f}x / {min(fused):.2f}x / {sum(v < 1 for v in fused)} of {len(fused)} "
+                  f"| {median(rule):.2f}x / {min(rule):.2f}x / {sum(v < 1 for v in rule)} of {len(rule)} "
+                  f"| {median(floor):.1f}% |")
+
+
 def main(csv_path, png_path):
     header, rows = load(csv_path)
     dtypes = sorted({r["dtype"] for r in rows}, key=lambda d: d != "float32")
     batches = sorted({int(r["batch"]) for r in rows})
+    print_table(rows, dtypes, batches)
     fig, axes = plt.subplots(1, len(dtypes), figsize=(6.5 * len(dtypes), 4.8), squeeze=False, sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, dtype in zip(axes[0], dtypes):
@@ -45,7 +72,7 @@ def main(csv_path, png_path):
             dispatched = sorted(float(r["baseline_ms"]) / float(r["dispatched_ms"]) for r in sel)
             x = [i / max(len(sel) - 1, 1) for i in range(len(sel))]
             color = colors[k % len(colors)]
-            ax.plot(x, dispatched, "-", color=color, label=f"batch {batch}: dispatched")
+            ax.plot(x, dispatched, "-", color=color, label=f"batch {batch}: autotuned pick")
             ax.plot(x, fused, ":", color=color, label=f"batch {batch}: best fused kernel")
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")

@@ -3,9 +3,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <cstdio>
 #include <fstream>
 #include <memory>
 
+#include <unistd.h>
+
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -179,6 +183,14 @@ absl::StatusOr<KsAutotuneCache> KsAutotuneCache::Load(const std::string& path) {
   int line_number = 0;
   while (std::getline(file, line)) {
     ++line_number;
+    if (!line.empty() && line.back() == '\r') line.pop_back();  // written on another OS
+    if (line_number == 1 && line != kCacheHeader) {
+      // Another format (or not a cache): refuse it rather than guess; tuning again rewrites it.
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s is not a ksserve KS autotune cache of this version (first line must be \"%s\"); remove it to "
+          "tune again",
+          path, absl::CEscape(kCacheHeader)));
+    }
     if (line.empty() || line[0] == '#') continue;
     const std::vector<std::string> fields = absl::StrSplit(line, '\t');
     const auto error = [&](absl::string_view why) {
@@ -212,14 +224,18 @@ absl::StatusOr<KsAutotuneCache> KsAutotuneCache::Load(const std::string& path) {
 }
 
 absl::Status KsAutotuneCache::Save(const std::string& path) const {
-  // Written beside the target and renamed, so a reader never sees half a file.
-  const std::string temporary = path + ".tmp";
+  // Written beside the target under a name of this process and renamed, so a reader never sees
+  // half a file and two writers never mix their lines.
+  const std::string temporary = absl::StrFormat("%s.%d.tmp", path, static_cast<int>(getpid()));
   {
     std::ofstream file(temporary, std::ios::trunc);
     file << kCacheHeader << "\n";
     for (const auto& [key, choice] : entries_) file << key << "\t" << KernelChoiceName(choice) << "\n";
-    file.flush();
-    if (!file) return absl::FailedPreconditionError(absl::StrFormat("cannot write %s", temporary));
+    file.close();
+    if (!file) {
+      std::remove(temporary.c_str());
+      return absl::FailedPreconditionError(absl::StrFormat("cannot write %s", temporary));
+    }
   }
   if (std::rename(temporary.c_str(), path.c_str()) != 0) {
     return absl::FailedPreconditionError(absl::StrFormat("cannot rename %s: %s", temporary, std::strerror(errno)));

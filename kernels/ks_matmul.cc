@@ -325,8 +325,13 @@ absl::StatusOr<int64_t> PackedWeightBytes(KsAlgorithm algorithm, const KsPattern
       }
       return bytes;
     }
-    case KsAlgorithm::kBmm:
-      return pattern.d == 1 ? 0 : pattern.nonzeros() * DTypeSize(dtype);
+    case KsAlgorithm::kBmm: {
+      int64_t bytes = 0;
+      if (MulOverflows(pattern.nonzeros(), DTypeSize(dtype), &bytes)) {
+        return absl::InvalidArgumentError("grouped weights overflow 64-bit sizes");
+      }
+      return pattern.d == 1 ? 0 : bytes;
+    }
     case KsAlgorithm::kNaive:
     case KsAlgorithm::kFused:
       return 0;
@@ -339,8 +344,9 @@ absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsPatt
   const KsFactorParams probe{.batch = batch, .pattern = pattern, .dtype = dtype};
   if (absl::Status s = ValidateFactorShape(probe); !s.ok()) return s;
   if (algorithm != KsAlgorithm::kBmm || pattern.d == 1) return 0;
-  int64_t bytes = 0;
-  if (MulOverflows(batch, pattern.in_features() + pattern.out_features(), &bytes) ||
+  int64_t features = 0, bytes = 0;
+  if (__builtin_add_overflow(pattern.in_features(), pattern.out_features(), &features) ||
+      MulOverflows(batch, features, &bytes) ||
       MulOverflows(bytes, DTypeSize(dtype), &bytes)) {
     return absl::InvalidArgumentError("bmm workspace overflows 64-bit sizes");
   }

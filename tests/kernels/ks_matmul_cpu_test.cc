@@ -5,6 +5,8 @@
 #include <fstream>
 #include <set>
 #include <tuple>
+
+#include <unistd.h>
 #include <cmath>
 #include <iterator>
 #include <limits>
@@ -349,14 +351,32 @@ TEST(KsAutotuneTest, CacheRoundTripsThroughItsFileAndRejectsBadLines) {
   EXPECT_EQ(KernelChoiceName(*loaded->Find(other)), "bmm");
   EXPECT_FALSE(loaded->Find({.device = "other", .pattern = {6, 64, 64, 1}, .batch_class = 5}).has_value());
 
+  // The header line of the saved file, then one bad line each.
+  std::string header;
+  std::getline(std::ifstream(path), header);
+  ASSERT_EQ(header.rfind("# ksserve KS autotune cache v1", 0), 0u) << header;
   for (const char* bad : {"dev\t1,2,3\t0\tfloat32\tbmm\n", "dev\t1,2,3,4\t9\tfloat32\tbmm\n",
                           "dev\t1,2,3,4\t0\tfloat64\tbmm\n", "dev\t1,2,3,4\t0\tfloat32\tfast\n",
                           "dev\t0,2,3,4\t0\tfloat32\tbmm\n", "just one field\n"}) {
-    std::ofstream(path, std::ios::trunc) << bad;
+    std::ofstream(path, std::ios::trunc) << header << "\n" << bad;
     absl::StatusOr<KsAutotuneCache> rejected = KsAutotuneCache::Load(path);
     EXPECT_EQ(rejected.status().code(), absl::StatusCode::kInvalidArgument) << bad;
-    EXPECT_NE(rejected.status().message().find(":1:"), std::string::npos) << rejected.status();
+    EXPECT_NE(rejected.status().message().find(":2:"), std::string::npos) << rejected.status();
   }
+  // Lines ending in CRLF read the same.
+  std::ofstream(path, std::ios::trunc) << header << "\r\nNVIDIA H100 80GB HBM3\t6,64,64,1\t5\tbfloat16\tbmm\r\n";
+  absl::StatusOr<KsAutotuneCache> crlf = KsAutotuneCache::Load(path);
+  ASSERT_TRUE(crlf.ok()) << crlf.status();
+  ASSERT_TRUE(crlf->Find(vit).has_value());
+  EXPECT_EQ(KernelChoiceName(*crlf->Find(vit)), "bmm");
+  // Another version, or a file that is not a cache at all, is refused as a whole.
+  for (const char* foreign : {"# ksserve KS autotune cache v0\n", "dev\t1,2,3,4\t0\tfloat32\tbmm\n"}) {
+    std::ofstream(path, std::ios::trunc) << foreign;
+    EXPECT_EQ(KsAutotuneCache::Load(path).status().code(), absl::StatusCode::kFailedPrecondition) << foreign;
+  }
+  // No temporary file is left beside the cache.
+  ASSERT_TRUE(cache.Save(path).ok());
+  EXPECT_FALSE(std::ifstream(path + "." + std::to_string(getpid()) + ".tmp").good());
   std::remove(path.c_str());
 }
 

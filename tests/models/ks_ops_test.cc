@@ -40,23 +40,30 @@ TEST(KsChainForwardTest, MatchesTorchFp64OnCpuForEveryDType) {
 // does not divide evenly give the single-threaded result bit for bit.
 TEST(KsChainForwardTest, ThreadCountDoesNotChangeTheResult) {
   const int threads_before = torch::get_num_threads();
-  const std::vector<torch::Tensor> weights = {torch::randn({6, 64, 64, 1}), torch::randn({1, 768, 192, 2})};
-  const torch::Tensor bias = torch::randn({1536});
-  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
-    std::vector<torch::Tensor> typed;
-    for (const torch::Tensor& w : weights) typed.push_back(w.to(dtype));
-    const torch::Tensor x = torch::randn({1009, 384}).to(dtype);
-    torch::set_num_threads(1);
-    absl::StatusOr<torch::Tensor> single = KsChainForward(x, typed, bias.to(dtype), Activation::kGeluTanh);
-    ASSERT_TRUE(single.ok()) << single.status();
-    for (const int threads : {2, 3, 8}) {
-      torch::set_num_threads(threads);
-      absl::StatusOr<torch::Tensor> parallel = KsChainForward(x, typed, bias.to(dtype), Activation::kGeluTanh);
-      ASSERT_TRUE(parallel.ok()) << parallel.status();
-      EXPECT_TRUE(torch::equal(*parallel, *single)) << threads << " threads, " << c10::toString(dtype);
+  // Two factors (one intermediate) and four (ping-pong intermediates).
+  const std::vector<std::vector<std::vector<int64_t>>> chains = {
+      {{6, 64, 64, 1}, {1, 768, 192, 2}}, {{1, 4, 4, 16}, {4, 4, 4, 4}, {16, 4, 4, 1}, {2, 32, 32, 1}}};
+  for (const auto& chain : chains) {
+    for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+      std::vector<torch::Tensor> weights;
+      for (const auto& p : chain) weights.push_back(((torch::rand(p) * 2 - 1) / std::sqrt(p[2])).to(dtype));
+      const auto& first = chain.front();
+      const auto& last = chain.back();
+      const torch::Tensor x = torch::randn({1009, first[0] * first[2] * first[3]}).to(dtype);
+      const torch::Tensor bias = torch::randn({last[0] * last[1] * last[3]}).to(dtype);
+      torch::set_num_threads(1);
+      absl::StatusOr<torch::Tensor> single = KsChainForward(x, weights, bias, Activation::kGeluTanh);
+      ASSERT_TRUE(single.ok()) << single.status();
+      for (const int threads : {2, 3, 8}) {
+        torch::set_num_threads(threads);
+        absl::StatusOr<torch::Tensor> parallel = KsChainForward(x, weights, bias, Activation::kGeluTanh);
+        ASSERT_TRUE(parallel.ok()) << parallel.status();
+        EXPECT_TRUE(torch::equal(*parallel, *single)) << threads << " threads, " << c10::toString(dtype);
+      }
+      EXPECT_LE(TorchRelativeError(*single, TorchChainReference(x, weights, bias, Activation::kGeluTanh)),
+                dtype == torch::kFloat32 ? 1e-5 : 1e-2)
+          << c10::str(chain) << " " << c10::toString(dtype);
     }
-    EXPECT_LE(TorchRelativeError(*single, TorchChainReference(x, typed, bias.to(dtype), Activation::kGeluTanh)),
-              dtype == torch::kFloat32 ? 1e-5 : 1e-2);
   }
   torch::set_num_threads(threads_before);
 }
