@@ -1,9 +1,8 @@
 #include "models/ks_ops.h"
 
-#include <ATen/Parallel.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
-
-#include <mutex>
+#include <ATen/ops/gelu.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -73,44 +72,50 @@ absl::StatusOr<torch::Tensor> Empty(at::IntArrayRef sizes, const torch::TensorOp
   }
 }
 
-// Runs `cpu` or `cuda` (the latter on x's device and its current stream).
-template <typename CpuFn, typename CudaFn>
-absl::Status OnDevice(const torch::Tensor& x, CpuFn cpu, CudaFn cuda) {
-  if (x.is_cpu()) return cpu();
-#if KSSERVE_WITH_CUDA
-  const c10::cuda::CUDAGuard guard(x.device());
-  return cuda(c10::cuda::getCurrentCUDAStream().stream());
-#else
-  return cuda(nullptr);  // FAILED_PRECONDITION in this build
-#endif
-}
-
-// The CPU kernel on row blocks of the batch, in parallel on LibTorch's intra-op threads
-// (torch::set_num_threads). Each block gets its own slice of the workspace, which is linear in
-// the batch size.
-absl::Status ChainForwardCpuParallel(const kernels::KsChainParams& params) {
-  int64_t row_cost = 0;
-  for (const kernels::KsPattern& p : params.patterns) row_cost += p.nonzeros();
-  const absl::StatusOr<int64_t> row_workspace = kernels::ChainWorkspaceBytes(params.patterns, 1, params.dtype);
-  if (!row_workspace.ok()) return row_workspace.status();
-  const int64_t element = kernels::DTypeSize(params.dtype);
-  const int64_t in = params.patterns.front().in_features(), out = params.patterns.back().out_features();
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(row_cost, 1));
-  std::mutex mutex;
-  absl::Status status;
-  at::parallel_for(0, params.batch, grain, [&](int64_t begin, int64_t end) {
-    kernels::KsChainParams block = params;
-    block.batch = end - begin;
-    block.x = static_cast<const char*>(params.x) + begin * in * element;
-    block.y = static_cast<char*>(params.y) + begin * out * element;
-    block.workspace = *row_workspace == 0 ? nullptr : static_cast<char*>(params.workspace) + begin * *row_workspace;
-    absl::Status s = kernels::KsChainForwardCpu(block);
-    if (!s.ok()) {
-      const std::lock_guard<std::mutex> lock(mutex);
-      if (status.ok()) status = std::move(s);
+// The CPU path: each factor as one batched GEMM through LibTorch (its BLAS and intra-op
+// threads): x viewed as [a·d][batch][c] times w as [a·d][c][b]. Products accumulate in FP32 and
+// round once per factor, as in the kernels: BF16 factors without an epilogue run as BF16 GEMMs
+// (FP32 accumulation inside); the rest in FP32, with bias and activation applied before the
+// final rounding.
+absl::StatusOr<torch::Tensor> ChainForwardCpuBmm(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+                                                 const std::vector<kernels::KsPattern>& patterns,
+                                                 const std::optional<torch::Tensor>& bias,
+                                                 kernels::Activation activation) {
+  try {
+    const int64_t batch = x.size(0);
+    const bool epilogue = bias.has_value() || activation != kernels::Activation::kNone;
+    torch::Tensor h = x;
+    for (size_t l = 0; l < patterns.size(); ++l) {
+      const auto [a, b, c, d] = patterns[l];
+      const bool last = l + 1 == patterns.size();
+      const torch::ScalarType compute =
+          x.scalar_type() == torch::kBFloat16 && !(last && epilogue) ? torch::kBFloat16 : torch::kFloat32;
+      const torch::Tensor x_groups =
+          h.to(compute).view({batch, a, c, d}).permute({1, 3, 0, 2}).reshape({a * d, batch, c});
+      const torch::Tensor w_groups = weights[l].to(compute).permute({0, 3, 2, 1}).reshape({a * d, c, b});
+      h = at::bmm(x_groups, w_groups).view({a, d, batch, b}).permute({2, 0, 3, 1}).reshape({batch, a * b * d});
+      if (!last) h = h.to(x.scalar_type());
     }
-  });
-  return status;
+    if (bias.has_value()) h.add_(bias->to(torch::kFloat32));
+    switch (activation) {
+      case kernels::Activation::kRelu:
+        h.relu_();
+        break;
+      case kernels::Activation::kGeluTanh:
+        h = at::gelu(h, "tanh");
+        break;
+      case kernels::Activation::kGeluErf:
+        h = at::gelu(h, "none");
+        break;
+      case kernels::Activation::kNone:
+        break;
+    }
+    return h.to(x.scalar_type()).contiguous();
+  } catch (const c10::OutOfMemoryError& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("KS layer on CPU: ", e.what_without_backtrace()));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("KS layer on CPU: ", e.what_without_backtrace()));
+  }
 }
 
 }  // namespace
@@ -145,6 +150,8 @@ absl::StatusOr<torch::Tensor> KsChainForward(const torch::Tensor& x, const std::
     return absl::InvalidArgumentError(absl::StrFormat("bias must be [%d], got %s", out, Describe(*bias)));
   }
 
+  if (x.is_cpu()) return ChainForwardCpuBmm(x, weights, params.patterns, bias, activation);
+
   params.dtype = *ToDType(x.scalar_type());
   params.batch = x.size(0);
   params.activation = activation;
@@ -160,11 +167,15 @@ absl::StatusOr<torch::Tensor> KsChainForward(const torch::Tensor& x, const std::
   params.bias = bias.has_value() ? bias->const_data_ptr() : nullptr;
   params.workspace = workspace->mutable_data_ptr();
   for (const torch::Tensor& w : weights) params.weights.push_back(w.const_data_ptr());
-  absl::Status status = OnDevice(
-      x, [&] { return ChainForwardCpuParallel(params); },
-      [&](kernels::CudaStream stream) { return kernels::KsChainForwardCuda(params, stream); });
-  if (!status.ok()) return status;
+#if KSSERVE_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (absl::Status s = kernels::KsChainForwardCuda(params, c10::cuda::getCurrentCUDAStream().stream()); !s.ok()) {
+    return s;
+  }
   return *std::move(y);
+#else
+  return absl::FailedPreconditionError("ksserve was built without CUDA (preset 'cpu')");
+#endif
 }
 
 }  // namespace ksserve::models

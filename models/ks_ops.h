@@ -1,5 +1,6 @@
-// LibTorch entry points to the kernel library: validate tensors once here, then call the
-// raw-pointer kernels on the tensors' device and current stream.
+// LibTorch entry points to the KS layers: validate tensors once here, then run on the tensors'
+// device: CUDA through the raw-pointer kernels on the current stream; CPU as batched GEMMs
+// through LibTorch (its BLAS and intra-op threads).
 #pragma once
 
 #include <torch/types.h>
