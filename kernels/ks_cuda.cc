@@ -5,6 +5,7 @@
 
 #include <limits>
 #include <map>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 #include "kernels/cuda/launch.h"
@@ -25,31 +26,33 @@ absl::Status CublasStatus(cublasStatus_t status, const char* what) {
   return status == CUBLAS_STATUS_ALLOC_FAILED ? absl::ResourceExhaustedError(message) : absl::InternalError(message);
 }
 
-// One cuBLAS handle per device per thread (handles are not thread-safe); strict FP32 math.
+// One cuBLAS handle per thread, device and stream: handles are not thread-safe, and a handle's
+// workspace must not be shared by kernels that may run at once on different streams. Strict FP32.
 class CublasHandles {
  public:
   ~CublasHandles() {
-    for (auto& [device, handle] : handles_) cublasDestroy(handle);
+    for (auto& [key, handle] : handles_) cublasDestroy(handle);
   }
 
   absl::StatusOr<cublasHandle_t> Get(cudaStream_t stream) {
     int device = 0;
     if (absl::Status s = CudaStatus(cudaGetDevice(&device), "cudaGetDevice"); !s.ok()) return s;
-    auto it = handles_.find(device);
-    if (it == handles_.end()) {
-      cublasHandle_t handle = nullptr;
-      if (absl::Status s = CublasStatus(cublasCreate(&handle), "cublasCreate"); !s.ok()) return s;
-      it = handles_.emplace(device, handle).first;
-      if (absl::Status s = CublasStatus(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH), "cublasSetMathMode"); !s.ok()) {
-        return s;
-      }
+    auto it = handles_.find({device, stream});
+    if (it != handles_.end()) return it->second;
+    cublasHandle_t handle = nullptr;
+    if (absl::Status s = CublasStatus(cublasCreate(&handle), "cublasCreate"); !s.ok()) return s;
+    absl::Status s = CublasStatus(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+    if (s.ok()) s = CublasStatus(cublasSetStream(handle, stream), "cublasSetStream");
+    if (!s.ok()) {
+      cublasDestroy(handle);
+      return s;
     }
-    if (absl::Status s = CublasStatus(cublasSetStream(it->second, stream), "cublasSetStream"); !s.ok()) return s;
-    return it->second;
+    handles_.emplace(std::make_pair(device, stream), handle);
+    return handle;
   }
 
  private:
-  std::map<int, cublasHandle_t> handles_;
+  std::map<std::pair<int, cudaStream_t>, cublasHandle_t> handles_;
 };
 
 absl::StatusOr<cublasHandle_t> Handle(cudaStream_t stream) {
@@ -112,7 +115,6 @@ absl::Status RunBmm(const KsFactorParams& p, const void* grouped_w, void* worksp
   const int b = static_cast<int>(k.b), c = static_cast<int>(k.c), batch = static_cast<int>(p.batch);
   const float alpha = 1.0f, beta = 0.0f;
   const cudaDataType_t type = CudaType(p.dtype);
-  const int64_t element = DTypeSize(p.dtype);
   if (k.d == 1) {
     // x and y are already a (batch × c) and (batch × b) strided matrices per i: no permutes.
     if (absl::Status s = CublasStatus(
@@ -132,7 +134,7 @@ absl::Status RunBmm(const KsFactorParams& p, const void* grouped_w, void* worksp
     return absl::InvalidArgumentError("the bmm algorithm with d > 1 needs packed weights and a workspace");
   }
   void* x_grouped = workspace;
-  void* y_grouped = static_cast<char*>(workspace) + p.batch * k.in_features() * element;
+  void* y_grouped = static_cast<char*>(workspace) + BmmOutputOffset(p.batch, k, p.dtype);
   if (absl::Status s = CudaStatus(cuda::LaunchToGroups(p.x, x_grouped, p.batch, k, p.dtype, stream), "permute x");
       !s.ok()) {
     return s;
@@ -185,6 +187,67 @@ absl::Status KsFactorForwardCuda(const KsFactorParams& params, const KsKernelCho
       return RunBmm(params, params.pattern.d == 1 ? params.w : packed_w, workspace, stream);
   }
   return absl::InvalidArgumentError("unknown algorithm");
+}
+
+absl::Status PackFusedPairWeightsCuda(absl::Span<const KsPattern> chain, DType dtype, const void* second_w,
+                                      void* packed, CudaStream stream) {
+  if (absl::Status s = FusedPairSupported(chain, dtype); !s.ok()) return s;
+  if (chain[1].d == 1) return absl::OkStatus();
+  if (second_w == nullptr || packed == nullptr) return absl::InvalidArgumentError("second_w and packed must be non-null");
+  return CudaStatus(cuda::LaunchPackGrouped(second_w, packed, chain[1], dtype, stream), "pack grouped weights");
+}
+
+absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void* packed, CudaStream stream,
+                                    int block_rows) {
+  if (absl::Status s = FusedPairSupported(params.patterns, params.dtype); !s.ok()) return s;
+  if (params.weights.size() != 2) {
+    return absl::InvalidArgumentError(absl::StrFormat("%d weight tensors for a pair", params.weights.size()));
+  }
+  if (block_rows != 0 && block_rows != 64 && block_rows != 128) {
+    return absl::InvalidArgumentError(absl::StrFormat("block_rows must be 0, 64 or 128, not %d", block_rows));
+  }
+  const KsPattern& first = params.patterns[0];
+  const KsPattern& second = params.patterns[1];
+  const void* second_w = second.d == 1 ? params.weights[1] : packed;
+  // Shapes and overflow as two factor calls would check them.
+  for (const KsFactorParams& factor :
+       {KsFactorParams{.x = params.x, .w = params.weights[0], .y = params.y, .batch = params.batch,
+                       .pattern = first, .dtype = params.dtype},
+        KsFactorParams{.x = params.x, .w = second_w, .bias = params.bias, .y = params.y, .batch = params.batch,
+                       .pattern = second, .dtype = params.dtype, .activation = params.activation}}) {
+    if (absl::Status s = ValidateFactorParams(factor); !s.ok()) return s;
+  }
+  if (params.batch == 0) return absl::OkStatus();
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (!aligned(params.x) || !aligned(params.weights[0]) || !aligned(second_w)) {
+    return absl::InvalidArgumentError("the fused pair needs x and the weights 16-byte aligned");
+  }
+  int device = 0, shared_limit = 0;
+  if (absl::Status s = CudaStatus(cudaGetDevice(&device), "cudaGetDevice"); !s.ok()) return s;
+  if (absl::Status s = CudaStatus(
+          cudaDeviceGetAttribute(&shared_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "shared limit");
+      !s.ok()) {
+    return s;
+  }
+  // 64 rows: two blocks per SM; 128 rows halve the weights' L2 traffic but measured slower on
+  // every model pair (bench/results/h100-ksbench-pairs.csv).
+  if (block_rows == 0) block_rows = 64;
+  if (cuda::KsPairSharedBytes(second, block_rows) > shared_limit) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the fused pair's intermediate (%d features × %d rows) does not fit in %d bytes of shared memory",
+        second.in_features(), block_rows, shared_limit));
+  }
+  const cuda::KsPairArgs args{.x = params.x,
+                              .w1 = params.weights[0],
+                              .w2_grouped = second_w,
+                              .bias = params.bias,
+                              .y = params.y,
+                              .batch = params.batch,
+                              .first = first,
+                              .second = second,
+                              .dtype = params.dtype,
+                              .activation = params.activation};
+  return CudaStatus(cuda::LaunchKsPairTc(args, block_rows, stream), "KS fused pair launch");
 }
 
 }  // namespace ksserve::kernels

@@ -217,7 +217,13 @@ absl::Status KsFactorForwardCpu(const KsFactorParams& params) {
 FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype) {
   // j groups as wide as d allows (coalesced loads along j), else full GEMM tiles along s; small
   // batches take short tiles so the grid still fills the device. 16-bit types: tensor cores.
+  // From the H100 sweep (bench/results/h100-ksbench-candidates.csv): the pipelined tiles where their
+  // j groups fit d, the register-staged ones where they do not.
   if (dtype != DType::kFloat32 && batch > 64) {
+    if (pattern.d == 1) return pattern.b > 64 ? FusedTile::kTcM128N128 : FusedTile::kTcM128N64;
+    if (pattern.d % 8 == 0) return FusedTile::kTcM32N32;
+    if (pattern.d % 4 == 0) return batch > 4096 ? FusedTile::kTcM64N64 : FusedTile::kTcM32N32;
+    if (pattern.d == 2) return batch > 4096 ? FusedTile::kTcM128N64 : FusedTile::kTcM32N32;
     if (pattern.d >= 8) return FusedTile::kMmaJ8M32N32;
     if (pattern.d >= 4) return FusedTile::kMmaJ4M64N64;
     return pattern.b > 64 ? FusedTile::kMmaJ1M128N128 : FusedTile::kMmaJ1M128N64;
@@ -248,13 +254,31 @@ int FusedTileJ(FusedTile tile) {
     case FusedTile::kMmaJ1M128N64:
     case FusedTile::kMmaJ1M128N128:
       break;
+    case FusedTile::kTcM128N128:
+    case FusedTile::kTcM128N64:
+    case FusedTile::kTcM64N64:
+    case FusedTile::kTcM64N32:
+    case FusedTile::kTcM32N32:
+      break;  // chosen from d at launch
   }
   return 1;
 }
 
 bool FusedTileUsesTensorCores(FusedTile tile) {
-  return tile == FusedTile::kMmaJ1M128N64 || tile == FusedTile::kMmaJ1M128N128 || tile == FusedTile::kMmaJ4M64N64 ||
-         tile == FusedTile::kMmaJ8M32N32;
+  switch (tile) {
+    case FusedTile::kMmaJ1M128N64:
+    case FusedTile::kMmaJ1M128N128:
+    case FusedTile::kMmaJ4M64N64:
+    case FusedTile::kMmaJ8M32N32:
+    case FusedTile::kTcM128N128:
+    case FusedTile::kTcM128N64:
+    case FusedTile::kTcM64N64:
+    case FusedTile::kTcM64N32:
+    case FusedTile::kTcM32N32:
+      return true;
+    default:
+      return false;
+  }
 }
 
 namespace {
@@ -283,6 +307,16 @@ std::string FusedTileName(FusedTile tile) {
       return "mma-j4m64n64";
     case FusedTile::kMmaJ8M32N32:
       return "mma-j8m32n32";
+    case FusedTile::kTcM128N128:
+      return "tc-m128n128";
+    case FusedTile::kTcM128N64:
+      return "tc-m128n64";
+    case FusedTile::kTcM64N64:
+      return "tc-m64n64";
+    case FusedTile::kTcM64N32:
+      return "tc-m64n32";
+    case FusedTile::kTcM32N32:
+      return "tc-m32n32";
   }
   return "unknown";
 }
@@ -344,13 +378,18 @@ absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsPatt
   const KsFactorParams probe{.batch = batch, .pattern = pattern, .dtype = dtype};
   if (absl::Status s = ValidateFactorShape(probe); !s.ok()) return s;
   if (algorithm != KsAlgorithm::kBmm || pattern.d == 1) return 0;
-  int64_t features = 0, bytes = 0;
-  if (__builtin_add_overflow(pattern.in_features(), pattern.out_features(), &features) ||
-      MulOverflows(batch, features, &bytes) ||
-      MulOverflows(bytes, DTypeSize(dtype), &bytes)) {
+  // Grouped x, then grouped y at a 256-byte boundary (cuBLAS's preferred alignment).
+  int64_t x_bytes = 0, y_bytes = 0, bytes = 0;
+  if (MulOverflows(batch, pattern.in_features(), &x_bytes) || MulOverflows(x_bytes, DTypeSize(dtype), &x_bytes) ||
+      MulOverflows(batch, pattern.out_features(), &y_bytes) || MulOverflows(y_bytes, DTypeSize(dtype), &y_bytes) ||
+      __builtin_add_overflow(x_bytes, y_bytes, &bytes) || __builtin_add_overflow(bytes, 255, &bytes)) {
     return absl::InvalidArgumentError("bmm workspace overflows 64-bit sizes");
   }
-  return bytes;
+  return BmmOutputOffset(batch, pattern, dtype) + y_bytes;
+}
+
+int64_t BmmOutputOffset(int64_t batch, const KsPattern& pattern, DType dtype) {
+  return (batch * pattern.in_features() * DTypeSize(dtype) + 255) / 256 * 256;
 }
 
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream) {
@@ -359,12 +398,54 @@ absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream
   return KsFactorForwardCuda(params, choice, nullptr, nullptr, stream);
 }
 
+absl::Status FusedPairSupported(absl::Span<const KsPattern> chain, DType dtype) {
+  if (absl::Status s = ValidateChain(chain); !s.ok()) return s;
+  if (chain.size() != 2) {
+    return absl::InvalidArgumentError(absl::StrFormat("a fused pair has two factors, not %d", chain.size()));
+  }
+  if (dtype == DType::kFloat32) {
+    return absl::InvalidArgumentError("the fused pair runs on tensor cores: bfloat16 or float16, not strict float32");
+  }
+  if (chain[0].d != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("the fused pair needs d = 1 in its first factor, not %s", PatternToString(chain[0])));
+  }
+  if (chain[0].c % 8 != 0 || chain[1].c % 8 != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("the fused pair needs c a multiple of 8 in both factors: %s, %s",
+                                                      PatternToString(chain[0]), PatternToString(chain[1])));
+  }
+  // Index arithmetic within a block of rows is 32-bit.
+  if (chain[0].in_features() > (int64_t{1} << 24) || chain[1].in_features() > (int64_t{1} << 20) ||
+      chain[1].out_features() > (int64_t{1} << 24)) {
+    return absl::InvalidArgumentError(absl::StrFormat("the fused pair takes up to 2^24 features, not %d → %d → %d",
+                                                      chain[0].in_features(), chain[1].in_features(),
+                                                      chain[1].out_features()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> FusedPairPackedBytes(absl::Span<const KsPattern> chain, DType dtype) {
+  if (absl::Status s = FusedPairSupported(chain, dtype); !s.ok()) return s;
+  return chain[1].d == 1 ? 0 : chain[1].nonzeros() * DTypeSize(dtype);
+}
+
 #if !KSSERVE_WITH_CUDA
 namespace {
 absl::Status NoCuda() { return absl::FailedPreconditionError("ksserve was built without CUDA (preset 'cpu')"); }
 }  // namespace
 
 absl::Status PackWeightsCuda(KsAlgorithm, const KsPattern&, DType, const void*, void*, CudaStream) { return NoCuda(); }
+
+absl::Status PackFusedPairWeightsCuda(absl::Span<const KsPattern> chain, DType dtype, const void*, void*,
+                                      CudaStream) {
+  if (absl::Status s = FusedPairSupported(chain, dtype); !s.ok()) return s;
+  return NoCuda();
+}
+
+absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void*, CudaStream, int) {
+  if (absl::Status s = FusedPairSupported(params.patterns, params.dtype); !s.ok()) return s;
+  return NoCuda();
+}
 
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, const KsKernelChoice&, const void*, void*, CudaStream) {
   if (absl::Status s = ValidateFactorParams(params); !s.ok()) return s;

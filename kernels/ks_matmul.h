@@ -43,7 +43,7 @@ absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream
 // The fused tile chosen by rule for a pattern, batch and dtype.
 FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype);
 
-// How many consecutive j one block of `tile` covers.
+// How many consecutive j one block of `tile` covers (1 for the tc tiles, which choose theirs from d).
 int FusedTileJ(FusedTile tile);
 // Tensor-core tiles take BF16 and FP16 only: FP32 is strict.
 bool FusedTileUsesTensorCores(FusedTile tile);
@@ -58,6 +58,8 @@ absl::StatusOr<KsKernelChoice> ParseKernelChoice(std::string_view name);
 absl::StatusOr<int64_t> PackedWeightBytes(KsAlgorithm algorithm, const KsPattern& pattern, DType dtype);
 absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsPattern& pattern, int64_t batch,
                                              DType dtype);
+// Where the bmm algorithm's grouped output starts in its workspace (after grouped x, 256-aligned).
+int64_t BmmOutputOffset(int64_t batch, const KsPattern& pattern, DType dtype);
 absl::Status PackWeightsCuda(KsAlgorithm algorithm, const KsPattern& pattern, DType dtype, const void* w,
                              void* packed, CudaStream stream);
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, const KsKernelChoice& choice, const void* packed_w,
@@ -81,5 +83,21 @@ struct KsChainParams {
 absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, int64_t batch, DType dtype);
 absl::Status KsChainForwardCpu(const KsChainParams& params);
 absl::Status KsChainForwardCuda(const KsChainParams& params, CudaStream stream);
+
+// A chain of two factors in one kernel on tensor cores (BF16/FP16): a block computes its batch
+// rows of the intermediate into shared memory and the output from there, so the intermediate never
+// touches device memory (it is still rounded to the dtype, as between two factor calls).
+// OK when the chain has two factors, the first (rightmost) with d = 1 and both with c a multiple
+// of 8, in BF16 or FP16; otherwise says why (run the chain factor by factor then).
+absl::Status FusedPairSupported(absl::Span<const KsPattern> chain, DType dtype);
+// The second factor's weights are read grouped, [(i·d + j)][r][s]: converted once at load time
+// into `packed` of FusedPairPackedBytes (0 when d = 1: read in place).
+absl::StatusOr<int64_t> FusedPairPackedBytes(absl::Span<const KsPattern> chain, DType dtype);
+absl::Status PackFusedPairWeightsCuda(absl::Span<const KsPattern> chain, DType dtype, const void* second_w,
+                                      void* packed, CudaStream stream);
+// y = act(x · (K_2 K_1)ᵀ + bias) in one launch; params.workspace is not used. x and the weights
+// must be 16-byte aligned. block_rows: batch rows per block, 64 or 128; 0 picks by rule.
+absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void* packed, CudaStream stream,
+                                    int block_rows = 0);
 
 }  // namespace ksserve::kernels

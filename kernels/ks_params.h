@@ -67,11 +67,23 @@ enum class FusedTile : uint8_t {
   kMmaJ1M128N128,
   kMmaJ4M64N64,
   kMmaJ8M32N32,
+  // Tensor cores with a cp.async pipeline (BF16 and FP16 only): BM × BN per j, the j group chosen
+  // at launch from d (1 when d = 1; else the widest power of two up to 8, within the tile's warps,
+  // that divides d, 2 only when d = 2). Where none fits (d = 3, 6, odd d), c is not a multiple of
+  // 8 or pointers are not aligned to the copies, the register-staged mma tile runs instead.
+  kTcM128N128,
+  kTcM128N64,
+  kTcM64N64,
+  kTcM64N32,
+  kTcM32N32,
 };
 inline constexpr FusedTile kAllFusedTiles[] = {FusedTile::kJ1M16N64,   FusedTile::kJ1M128N128, FusedTile::kJ1M128N64, FusedTile::kJ4M64N64,
                                                FusedTile::kJ8M32N32,   FusedTile::kJ16M16N16, FusedTile::kJ32M16N8,
                                                FusedTile::kMmaJ1M128N64, FusedTile::kMmaJ1M128N128,
-                                               FusedTile::kMmaJ4M64N64, FusedTile::kMmaJ8M32N32};
+                                               FusedTile::kMmaJ4M64N64, FusedTile::kMmaJ8M32N32,
+                                               FusedTile::kTcM128N128,  FusedTile::kTcM128N64,
+                                               FusedTile::kTcM64N64,    FusedTile::kTcM64N32,
+                                               FusedTile::kTcM32N32};
 
 // What runs one factor call: the algorithm and, for kFused, its tile.
 struct KsKernelChoice {

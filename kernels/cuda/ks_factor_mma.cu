@@ -12,6 +12,7 @@
 #include "kernels/block_order.h"
 #include "kernels/cuda/convert.cuh"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/tile_stage.cuh"
 #include "kernels/epilogue.h"
 
@@ -31,27 +32,6 @@ struct MmaTile {
   static constexpr int kSharedBytes = 2 * JT * (BM + BN) * kStride * 2;
   static_assert(kSharedBytes <= 48 * 1024, "static shared memory");
 };
-
-template <typename T>
-__device__ __forceinline__ void Mma(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
-
-template <>
-__device__ __forceinline__ void Mma<__nv_bfloat16>(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-template <>
-__device__ __forceinline__ void Mma<__half>(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 __device__ __forceinline__ uint32_t LoadPair(const void* p) { return *static_cast<const uint32_t*>(p); }
 
@@ -221,7 +201,7 @@ cudaError_t LaunchKsFactorFusedMma(const KsFactorParams& params, FusedTile tile,
     case FusedTile::kMmaJ8M32N32:
       return Launch<MmaTile<8, 32, 32, 16, 32, 32>>(params, stream);
     default:
-      return cudaErrorInvalidValue;
+      return LaunchKsFactorTc(params, tile, stream);
   }
 }
 

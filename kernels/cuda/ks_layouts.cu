@@ -44,15 +44,47 @@ __global__ void DensifyKernel(const T* __restrict__ w, T* __restrict__ dense, Ks
   }
 }
 
+// The per-call kernels below index a 2-D grid of (column, row) instead of dividing a flat index
+// per element: x-blocks cover the columns, y-blocks stride over the rows (and z over groups), and
+// each thread has kRowsInFlight independent loads in flight.
+constexpr int kRowsInFlight = 4;
+
+// About 8192 blocks in all: enough to fill the device, few enough that each does real work.
+unsigned RowBlocks(int64_t rows, int64_t other_blocks) {
+  const int64_t wanted = std::min((rows + kRowsInFlight - 1) / kRowsInFlight, (8192 + other_blocks - 1) / other_blocks);
+  return static_cast<unsigned>(std::clamp<int64_t>(wanted, 1, 65535));
+}
+
+// store(n, load(n)) for this block's rows n, kRowsInFlight at a time.
+template <typename Load, typename Store>
+__device__ __forceinline__ void ForEachRow(int64_t rows, Load load, Store store) {
+  for (int64_t n0 = blockIdx.y * int64_t{kRowsInFlight}; n0 < rows; n0 += int64_t{gridDim.y} * kRowsInFlight) {
+    float v[kRowsInFlight];
+#pragma unroll
+    for (int q = 0; q < kRowsInFlight; ++q) {
+      if (n0 + q < rows) v[q] = load(n0 + q);
+    }
+#pragma unroll
+    for (int q = 0; q < kRowsInFlight; ++q) {
+      if (n0 + q < rows) store(n0 + q, v[q]);
+    }
+  }
+}
+
 // grouped[(i·d + j)][n][s] = x[n][(i·c + s)·d + j]; x has rows of a·c·d features.
 template <typename T>
 __global__ void ToGroupsKernel(const T* __restrict__ x, T* __restrict__ grouped, int64_t batch, int64_t a,
                                int64_t c, int64_t d) {
-  const int64_t total = batch * a * c * d;
-  KSSERVE_GRID_STRIDE_LOOP(idx, total) {
-    const int64_t s = idx % c, n = (idx / c) % batch, g = idx / (c * batch);
+  const int64_t s = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (s >= c) return;
+  const int64_t in = a * c * d;
+  for (int64_t g = blockIdx.z; g < a * d; g += gridDim.z) {
     const int64_t i = g / d, j = g % d;
-    grouped[idx] = x[n * (a * c * d) + (i * c + s) * d + j];
+    const T* source = x + (i * c + s) * d + j;
+    T* target = grouped + g * batch * c + s;
+    ForEachRow(
+        batch, [&](int64_t n) { return ToFloat(source[n * in]); },
+        [&](int64_t n, float v) { target[n * c] = FromFloat<T>(v); });
   }
 }
 
@@ -60,25 +92,26 @@ __global__ void ToGroupsKernel(const T* __restrict__ x, T* __restrict__ grouped,
 template <typename T>
 __global__ void FromGroupsKernel(const T* __restrict__ grouped, const T* __restrict__ bias, T* __restrict__ y,
                                  int64_t batch, int64_t a, int64_t b, int64_t d, Activation activation) {
-  const int64_t out = a * b * d, total = batch * out;
-  KSSERVE_GRID_STRIDE_LOOP(idx, total) {
-    const int64_t feature = idx % out, n = idx / out;
-    const int64_t j = feature % d, r = (feature / d) % b, i = feature / (b * d);
-    float v = ToFloat(grouped[((i * d + j) * batch + n) * b + r]);
-    if (bias != nullptr) v += ToFloat(bias[feature]);
-    y[idx] = FromFloat<T>(ApplyActivation(v, activation));
-  }
+  const int64_t out = a * b * d, feature = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (feature >= out) return;
+  const int64_t j = feature % d, r = (feature / d) % b, i = feature / (b * d);
+  const T* source = grouped + (i * d + j) * batch * b + r;
+  const float bias_value = bias != nullptr ? ToFloat(bias[feature]) : 0.0f;
+  ForEachRow(
+      batch, [&](int64_t n) { return ToFloat(source[n * b]); },
+      [&](int64_t n, float v) { y[n * out + feature] = FromFloat<T>(ApplyActivation(v + bias_value, activation)); });
 }
 
+// In place on [batch][features]: y = act(y + bias).
 template <typename T>
 __global__ void EpilogueKernel(T* __restrict__ y, const T* __restrict__ bias, int64_t batch, int64_t out,
                                Activation activation) {
-  const int64_t total = batch * out;
-  KSSERVE_GRID_STRIDE_LOOP(idx, total) {
-    float v = ToFloat(y[idx]);
-    if (bias != nullptr) v += ToFloat(bias[idx % out]);
-    y[idx] = FromFloat<T>(ApplyActivation(v, activation));
-  }
+  const int64_t feature = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (feature >= out) return;
+  const float bias_value = bias != nullptr ? ToFloat(bias[feature]) : 0.0f;
+  ForEachRow(
+      batch, [&](int64_t n) { return ToFloat(y[n * out + feature]); },
+      [&](int64_t n, float v) { y[n * out + feature] = FromFloat<T>(ApplyActivation(v + bias_value, activation)); });
 }
 
 }  // namespace
@@ -106,10 +139,17 @@ cudaError_t LaunchDensify(const void* w, void* dense, const KsPattern& pattern, 
 
 cudaError_t LaunchToGroups(const void* x, void* grouped, int64_t batch, const KsPattern& pattern, DType dtype,
                            cudaStream_t stream) {
+  // Rows of c values: blocks no wider than a row (rounded to warps).
+  const int threads = static_cast<int>(std::min<int64_t>(kThreads, (pattern.c + 31) / 32 * 32));
+  const int64_t column_blocks = (pattern.c + threads - 1) / threads;
+  if (column_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const int64_t group_blocks = std::min<int64_t>(pattern.a * pattern.d, 64);
+  const dim3 grid(static_cast<unsigned>(column_blocks), RowBlocks(batch, column_blocks * group_blocks),
+                  static_cast<unsigned>(group_blocks));
   WithStorageType(dtype, [&](auto zero) {
     using T = decltype(zero);
-    ToGroupsKernel<T><<<GridFor(batch * pattern.in_features()), kThreads, 0, stream>>>(
-        static_cast<const T*>(x), static_cast<T*>(grouped), batch, pattern.a, pattern.c, pattern.d);
+    ToGroupsKernel<T><<<grid, threads, 0, stream>>>(static_cast<const T*>(x), static_cast<T*>(grouped), batch,
+                                                     pattern.a, pattern.c, pattern.d);
     return 0;
   });
   return cudaGetLastError();
@@ -117,9 +157,12 @@ cudaError_t LaunchToGroups(const void* x, void* grouped, int64_t batch, const Ks
 
 cudaError_t LaunchFromGroups(const void* grouped, const void* bias, void* y, int64_t batch, const KsPattern& pattern,
                              DType dtype, Activation activation, cudaStream_t stream) {
+  const int64_t column_blocks = (pattern.out_features() + kThreads - 1) / kThreads;
+  if (column_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(column_blocks), RowBlocks(batch, column_blocks));
   WithStorageType(dtype, [&](auto zero) {
     using T = decltype(zero);
-    FromGroupsKernel<T><<<GridFor(batch * pattern.out_features()), kThreads, 0, stream>>>(
+    FromGroupsKernel<T><<<grid, kThreads, 0, stream>>>(
         static_cast<const T*>(grouped), static_cast<const T*>(bias), static_cast<T*>(y), batch, pattern.a,
         pattern.b, pattern.d, activation);
     return 0;
@@ -129,9 +172,12 @@ cudaError_t LaunchFromGroups(const void* grouped, const void* bias, void* y, int
 
 cudaError_t LaunchEpilogue(void* y, const void* bias, int64_t batch, int64_t features, DType dtype,
                            Activation activation, cudaStream_t stream) {
+  const int64_t column_blocks = (features + kThreads - 1) / kThreads;
+  if (column_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(column_blocks), RowBlocks(batch, column_blocks));
   WithStorageType(dtype, [&](auto zero) {
     using T = decltype(zero);
-    EpilogueKernel<T><<<GridFor(batch * features), kThreads, 0, stream>>>(
+    EpilogueKernel<T><<<grid, kThreads, 0, stream>>>(
         static_cast<T*>(y), static_cast<const T*>(bias), batch, features, activation);
     return 0;
   });

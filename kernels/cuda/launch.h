@@ -17,6 +17,28 @@ cudaError_t LaunchKsFactorNaive(const KsFactorParams& params, cudaStream_t strea
 cudaError_t LaunchKsFactorFused(const KsFactorParams& params, FusedTile tile, cudaStream_t stream);
 // The tensor-core tiles (FusedTileUsesTensorCores); BF16 and FP16 only.
 cudaError_t LaunchKsFactorFusedMma(const KsFactorParams& params, FusedTile tile, cudaStream_t stream);
+// The pipelined tensor-core tiles (kTc*); BF16 and FP16 only.
+cudaError_t LaunchKsFactorTc(const KsFactorParams& params, FusedTile tile, cudaStream_t stream);
+
+// Two factors in one kernel (ks_pair_tc.cu): first.d = 1, both c multiples of 8, x, w1 and
+// w2_grouped 16-byte aligned; BF16 and FP16. w2_grouped is [(i·d + j)][r][s] (LaunchPackGrouped).
+struct KsPairArgs {
+  const void* x = nullptr;
+  const void* w1 = nullptr;
+  const void* w2_grouped = nullptr;
+  const void* bias = nullptr;
+  void* y = nullptr;
+  int64_t batch = 0;
+  KsPattern first, second;
+  DType dtype = DType::kBFloat16;
+  Activation activation = Activation::kNone;
+};
+// Dynamic shared memory of one block of `block_rows` (64 or 128) batch rows.
+int KsPairSharedBytes(const KsPattern& second, int block_rows);
+cudaError_t LaunchKsPairTc(const KsPairArgs& params, int block_rows, cudaStream_t stream);
+
+// Raises `kernel`'s dynamic shared-memory limit to at least `bytes` on the current device (once).
+cudaError_t AllowDynamicShared(const void* kernel, int bytes);
 
 // Layouts of the cuBLAS algorithms. Grouped weights: [(i·d + j)][r][s] (a·d row-major b×c
 // matrices); grouped activations: [(i·d + j)][n][s or r].

@@ -49,16 +49,19 @@ std::vector<KsKernelChoice> AllChoices() {
 }
 
 // Runs one factor with `choice` (packing its weights first) into a NaN-poisoned output.
+// y_offset > 0 writes into a view that many elements into its storage (misaligned for vectors).
 torch::Tensor RunFactor(const torch::Tensor& x, const torch::Tensor& w, const std::optional<torch::Tensor>& bias,
-                        Activation activation, const KsKernelChoice& choice) {
+                        Activation activation, const KsKernelChoice& choice, int64_t y_offset = 0) {
   const KsPattern pattern{w.size(0), w.size(1), w.size(2), w.size(3)};
   const DType dtype = ToDType(x.scalar_type());
   const auto bytes = torch::TensorOptions().dtype(torch::kUInt8).device(x.device());
   const torch::Tensor packed = torch::empty({*PackedWeightBytes(choice.algorithm, pattern, dtype)}, bytes);
   const torch::Tensor workspace =
       torch::empty({*FactorWorkspaceBytes(choice.algorithm, pattern, x.size(0), dtype)}, bytes);
-  torch::Tensor y = torch::full({x.size(0), pattern.out_features()}, std::numeric_limits<float>::quiet_NaN(),
-                                x.options());
+  torch::Tensor y = torch::full({x.size(0) * pattern.out_features() + y_offset}, std::numeric_limits<float>::quiet_NaN(),
+                                x.options())
+                        .narrow(0, y_offset, x.size(0) * pattern.out_features())
+                        .view({x.size(0), pattern.out_features()});
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const absl::Status packed_ok =
       PackWeightsCuda(choice.algorithm, pattern, dtype, w.const_data_ptr(), packed.data_ptr(), stream);
@@ -116,7 +119,11 @@ TEST_F(CudaAlgorithmsTest, EveryAlgorithmMatchesFp64OnModelButterflyAndOddPatter
       {{128, 2, 2, 1}, 1568}, {{16, 2, 2, 8}, 17}, {{1, 2, 2, 128}, 196}, {{4, 2, 2, 32}, 10007},
       // Odd shapes: b, c, d in {1, 3, 5, 7, 48, 96}, prime a.
       {{13, 5, 7, 3}, 2}, {{3, 96, 48, 7}, 3}, {{1, 1, 1, 1}, 1}, {{7, 3, 96, 5}, 17}, {{5, 48, 1, 96}, 196},
-      {{11, 7, 5, 48}, 1568}, {{2, 1, 3, 33}, 10007}};
+      {{11, 7, 5, 48}, 1568}, {{2, 1, 3, 33}, 10007},
+      // d = 1 with odd b (tensor-core tiles' partial r-tiles and scalar stores); d = 6 and 12 (a
+      // whole-d group of 6, and groups of 4); an odd d beyond every j group.
+      {{3, 13, 64, 1}, 1568}, {{5, 7, 40, 1}, 10007}, {{2, 48, 48, 6}, 196}, {{1, 96, 64, 12}, 1568},
+      {{1, 64, 48, 17}, 196}};
   std::mt19937 rng(std::random_device{}());
   for (const auto dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
     for (size_t k = 0; k < cases.size(); ++k) {
@@ -151,25 +158,135 @@ TEST_F(CudaAlgorithmsTest, TensorCoreTilesRejectFloat32) {
   EXPECT_NE(status.message().find("strict"), std::string::npos) << status;
 }
 
-// Misaligned pointers (an offset view of a tensor) take the scalar-load path and stay correct.
+// Misaligned pointers (offset views of tensors) take the narrower-load paths and stay correct:
+// x and w one element off (no 4-byte copies at all), or only y one element off (the fused
+// kernels' vector stores), with d > 1 (runs along j) and d = 1 (runs along s).
 TEST_F(CudaAlgorithmsTest, MisalignedOperandsAreCorrect) {
-  std::mt19937 rng(std::random_device{}());
   for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
-    const KsPattern p{3, 64, 64, 8};
-    const torch::Tensor w_storage = torch::randn({p.nonzeros() + 1}, cuda_).to(dtype);
-    const torch::Tensor x_storage = torch::randn({333 * p.in_features() + 1}, cuda_).to(dtype);
-    const torch::Tensor w = w_storage.narrow(0, 1, p.nonzeros()).view({p.a, p.b, p.c, p.d});
-    const torch::Tensor x = x_storage.narrow(0, 1, 333 * p.in_features()).view({333, p.in_features()});
-    const torch::Tensor reference = TorchChainReference(x, {w}, std::nullopt, Activation::kNone);
-    for (const KsKernelChoice& choice : AllChoices()) {
-      if (choice.algorithm != KsAlgorithm::kFused || (FusedTileUsesTensorCores(choice.tile) && dtype == torch::kFloat32)) {
-        continue;
+    for (const KsPattern& p : {KsPattern{3, 64, 64, 8}, KsPattern{4, 64, 64, 1}}) {
+      for (const int64_t operand_offset : {1, 0}) {
+        const int64_t y_offset = 1 - operand_offset;
+        const torch::Tensor w_storage = torch::randn({p.nonzeros() + 1}, cuda_).to(dtype);
+        const torch::Tensor x_storage = torch::randn({333 * p.in_features() + 1}, cuda_).to(dtype);
+        const torch::Tensor w = w_storage.narrow(0, operand_offset, p.nonzeros()).view({p.a, p.b, p.c, p.d});
+        const torch::Tensor x =
+            x_storage.narrow(0, operand_offset, 333 * p.in_features()).view({333, p.in_features()});
+        const torch::Tensor reference = TorchChainReference(x, {w}, std::nullopt, Activation::kNone);
+        for (const KsKernelChoice& choice : AllChoices()) {
+          if (choice.algorithm != KsAlgorithm::kFused ||
+              (FusedTileUsesTensorCores(choice.tile) && dtype == torch::kFloat32)) {
+            continue;
+          }
+          EXPECT_LE(TorchRelativeError(RunFactor(x, w, std::nullopt, Activation::kNone, choice, y_offset), reference),
+                    Tolerance(dtype))
+              << KernelChoiceName(choice) << " " << PatternToString(p) << " " << c10::toString(dtype)
+              << (y_offset ? " misaligned y" : " misaligned x and w");
+        }
       }
-      EXPECT_LE(TorchRelativeError(RunFactor(x, w, std::nullopt, Activation::kNone, choice), reference), Tolerance(dtype))
-          << KernelChoiceName(choice) << " " << c10::toString(dtype);
     }
   }
-  (void)rng;
+}
+
+// Runs the fused pair (packing the second factor's weights first) into a NaN-poisoned output;
+// nullopt when 128-row blocks of this pair do not fit in shared memory (a clear error, checked).
+std::optional<torch::Tensor> RunFusedPair(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& w2,
+                                          const std::optional<torch::Tensor>& bias, Activation activation,
+                                          int block_rows) {
+  const std::vector<KsPattern> chain = {{w1.size(0), w1.size(1), w1.size(2), w1.size(3)},
+                                        {w2.size(0), w2.size(1), w2.size(2), w2.size(3)}};
+  const DType dtype = ToDType(x.scalar_type());
+  const torch::Tensor packed = torch::empty({*FusedPairPackedBytes(chain, dtype)},
+                                            torch::TensorOptions().dtype(torch::kUInt8).device(x.device()));
+  torch::Tensor y = torch::full({x.size(0), chain[1].out_features()}, std::numeric_limits<float>::quiet_NaN(),
+                                x.options());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const absl::Status packed_ok = PackFusedPairWeightsCuda(chain, dtype, w2.const_data_ptr(), packed.data_ptr(), stream);
+  EXPECT_TRUE(packed_ok.ok()) << packed_ok;
+  KsChainParams params{.x = x.const_data_ptr(),
+                       .y = y.mutable_data_ptr(),
+                       .bias = bias.has_value() ? bias->const_data_ptr() : nullptr,
+                       .patterns = chain,
+                       .weights = {w1.const_data_ptr(), w2.const_data_ptr()},
+                       .batch = x.size(0),
+                       .dtype = dtype,
+                       .activation = activation};
+  const absl::Status ran = KsFusedPairForwardCuda(params, packed.const_data_ptr(), stream, block_rows);
+  if (block_rows == 128 && ran.code() == absl::StatusCode::kInvalidArgument &&
+      ran.message().find("does not fit") != std::string::npos) {
+    return std::nullopt;
+  }
+  EXPECT_TRUE(ran.ok()) << ran;
+  return y;
+}
+
+TEST_F(CudaAlgorithmsTest, FusedPairMatchesFp64) {
+  struct PairCase {
+    KsPattern first, second;
+  };
+  const PairCase pairs[] = {
+      // ViT-S/16 attention, MLP up and MLP down; GPT-2 attention and MLP up.
+      {{2, 48, 192, 1}, {1, 192, 48, 2}}, {{6, 64, 64, 1}, {1, 768, 192, 2}}, {{6, 64, 256, 1}, {1, 128, 128, 3}},
+      {{4, 192, 192, 1}, {1, 192, 192, 4}}, {{4, 192, 192, 1}, {1, 768, 192, 4}},
+      // Edges: b off the 64-row tiles, c off the 32-wide steps, an intermediate spread over i2 and j2.
+      {{3, 40, 24, 1}, {5, 24, 8, 3}}, {{1, 16, 16, 1}, {2, 100, 8, 1}}, {{7, 72, 40, 1}, {9, 13, 56, 1}}};
+  const int64_t batches[] = {1, 17, 196, 1568, 10007, 25088};
+  std::mt19937 rng(std::random_device{}());
+  int k = 0;
+  for (const PairCase& pair : pairs) {
+    for (const auto dtype : {torch::kBFloat16, torch::kFloat16}) {
+      for (const int block_rows : {64, 128}) {
+        const int64_t batch = batches[k % std::size(batches)];
+        const Activation activation = static_cast<Activation>(k % 4);
+        ++k;
+        const KsPattern& p1 = pair.first;
+        const KsPattern& p2 = pair.second;
+        const torch::Tensor w1 =
+            ((torch::rand({p1.a, p1.b, p1.c, p1.d}, cuda_) * 2 - 1) / std::sqrt(double(p1.c))).to(dtype);
+        const torch::Tensor w2 =
+            ((torch::rand({p2.a, p2.b, p2.c, p2.d}, cuda_) * 2 - 1) / std::sqrt(double(p2.c))).to(dtype);
+        const torch::Tensor x = torch::randn({batch, p1.in_features()}, cuda_).to(dtype);
+        const std::optional<torch::Tensor> bias =
+            k % 2 ? std::optional(torch::randn({p2.out_features()}, cuda_).to(dtype)) : std::nullopt;
+        const std::optional<torch::Tensor> fused = RunFusedPair(x, w1, w2, bias, activation, block_rows);
+        if (!fused.has_value()) continue;  // 128 rows of this intermediate exceed shared memory
+        const torch::Tensor& y = *fused;
+        EXPECT_TRUE(torch::isfinite(y).all().item<bool>()) << "fused pair left outputs unwritten: "
+                                                           << PatternToString(p1) << PatternToString(p2) << " batch "
+                                                           << batch;
+        const std::vector<int64_t> rows = testing::SampleRows(batch, 48, rng);
+        const torch::Tensor index = torch::tensor(rows, torch::kInt64).to(cuda_);
+        const torch::Tensor reference = TorchChainReference(x.index_select(0, index), {w1, w2}, bias, activation);
+        EXPECT_LE(TorchRelativeError(y.index_select(0, index), reference), Tolerance(dtype))
+            << "fused pair " << PatternToString(p1) << PatternToString(p2) << " batch " << batch << " "
+            << c10::toString(dtype) << " rows/block " << block_rows;
+      }
+    }
+  }
+}
+
+TEST_F(CudaAlgorithmsTest, FusedPairRejectsWhatItCannotRun) {
+  EXPECT_EQ(FusedPairSupported({{2, 48, 192, 1}, {1, 192, 48, 2}}, DType::kFloat32).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FusedPairSupported({{1, 48, 192, 2}, {1, 192, 96, 1}}, DType::kBFloat16).code(),
+            absl::StatusCode::kInvalidArgument);  // d = 2 in the first factor
+  // Misaligned x: a clear error, not a wrong answer.
+  const std::vector<KsPattern> chain = {{2, 48, 192, 1}, {1, 192, 48, 2}};
+  const torch::Tensor w1 = torch::randn({2, 48, 192, 1}, cuda_).to(torch::kBFloat16);
+  const torch::Tensor w2 = torch::randn({1, 192, 48, 2}, cuda_).to(torch::kBFloat16);
+  const torch::Tensor packed = torch::empty({*FusedPairPackedBytes(chain, DType::kBFloat16)},
+                                            torch::TensorOptions().dtype(torch::kUInt8).device(cuda_));
+  const torch::Tensor x_storage = torch::randn({5 * 384 + 1}, cuda_).to(torch::kBFloat16);
+  torch::Tensor y = torch::empty({5, 384}, x_storage.options());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  ASSERT_TRUE(PackFusedPairWeightsCuda(chain, DType::kBFloat16, w2.const_data_ptr(), packed.data_ptr(), stream).ok());
+  const KsChainParams params{.x = static_cast<const char*>(x_storage.const_data_ptr()) + 2,
+                             .y = y.mutable_data_ptr(),
+                             .patterns = chain,
+                             .weights = {w1.const_data_ptr(), w2.const_data_ptr()},
+                             .batch = 5,
+                             .dtype = DType::kBFloat16};
+  const absl::Status status = KsFusedPairForwardCuda(params, packed.const_data_ptr(), stream);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
 }
 
 TEST_F(CudaAlgorithmsTest, AutotuneTimesEveryCandidateAndReturnsTheFastestFirst) {

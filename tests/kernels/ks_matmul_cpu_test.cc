@@ -250,9 +250,31 @@ TEST(KsKernelChoiceTest, DefaultTileFollowsDAndBatch) {
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 1}, 1, DType::kFloat32), FusedTile::kJ1M16N64);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 4}, 196, DType::kFloat32), FusedTile::kJ4M64N64);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 196, DType::kFloat32), FusedTile::kJ32M16N8);
-  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 196, DType::kBFloat16), FusedTile::kMmaJ8M32N32);
-  EXPECT_EQ(DefaultFusedTile({6, 64, 64, 1}, 25088, DType::kFloat16), FusedTile::kMmaJ1M128N64);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 196, DType::kBFloat16), FusedTile::kTcM32N32);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 4}, 25088, DType::kBFloat16), FusedTile::kTcM64N64);
+  EXPECT_EQ(DefaultFusedTile({1, 768, 192, 2}, 25088, DType::kBFloat16), FusedTile::kTcM128N64);
+  EXPECT_EQ(DefaultFusedTile({1, 96, 96, 6}, 25088, DType::kBFloat16), FusedTile::kMmaJ4M64N64);
+  EXPECT_EQ(DefaultFusedTile({6, 64, 64, 1}, 25088, DType::kFloat16), FusedTile::kTcM128N64);
   EXPECT_EQ(DefaultFusedTile({6, 64, 64, 1}, 1, DType::kBFloat16), FusedTile::kJ1M16N64);
+}
+
+TEST(KsFusedPairTest, SupportAndPackedSizes) {
+  const std::vector<KsPattern> vit_up = {{6, 64, 64, 1}, {1, 768, 192, 2}};
+  EXPECT_TRUE(FusedPairSupported(vit_up, DType::kBFloat16).ok());
+  EXPECT_EQ(*FusedPairPackedBytes(vit_up, DType::kFloat16), 768 * 192 * 2 * 2);
+  EXPECT_EQ(*FusedPairPackedBytes({{4, 16, 8, 1}, {2, 24, 32, 1}}, DType::kBFloat16), 0);  // d = 1: in place
+  EXPECT_EQ(FusedPairSupported(vit_up, DType::kFloat32).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FusedPairSupported({{6, 64, 64, 1}}, DType::kBFloat16).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FusedPairSupported({{6, 64, 64, 1}, {1, 768, 192, 3}}, DType::kBFloat16).code(),
+            absl::StatusCode::kInvalidArgument);  // 384 features out, 576 in
+  EXPECT_EQ(FusedPairSupported({{1, 64, 64, 2}, {1, 64, 64, 2}}, DType::kBFloat16).code(),
+            absl::StatusCode::kInvalidArgument);  // d = 2 in the first factor
+  EXPECT_EQ(FusedPairSupported({{4, 12, 4, 1}, {1, 48, 12, 4}}, DType::kBFloat16).code(),
+            absl::StatusCode::kInvalidArgument);  // c = 4
+#if !KSSERVE_WITH_CUDA
+  const KsChainParams params{.patterns = vit_up, .weights = {nullptr, nullptr}, .batch = 1, .dtype = DType::kBFloat16};
+  EXPECT_EQ(KsFusedPairForwardCuda(params, nullptr, nullptr).code(), absl::StatusCode::kFailedPrecondition);
+#endif
 }
 
 TEST(KsKernelChoiceTest, CandidatesFollowDTypeAndD) {
@@ -283,7 +305,10 @@ TEST(KsPackedLayoutTest, SizesPerAlgorithm) {
   EXPECT_EQ(*PackedWeightBytes(KsAlgorithm::kBmm, p, DType::kBFloat16), 3 * 5 * 7 * 2 * 2);
   EXPECT_EQ(*PackedWeightBytes(KsAlgorithm::kBmm, {3, 5, 7, 1}, DType::kFloat32), 0);  // read in place
   EXPECT_EQ(*PackedWeightBytes(KsAlgorithm::kDense, p, DType::kFloat32), (3 * 5 * 2) * (3 * 7 * 2) * 4);
-  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kBmm, p, 11, DType::kFloat16), 11 * (3 * 7 * 2 + 3 * 5 * 2) * 2);
+  // Grouped x (11·42 values = 924 bytes), grouped y from the next 256-byte boundary (11·30 values).
+  EXPECT_EQ(BmmOutputOffset(11, p, DType::kFloat16), 1024);
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kBmm, p, 11, DType::kFloat16), 1024 + 11 * (3 * 5 * 2) * 2);
+  EXPECT_EQ(BmmOutputOffset(128, p, DType::kFloat32), 128 * 42 * 4);  // already aligned
   EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kFused, p, 11, DType::kFloat16), 0);
   EXPECT_EQ(PackedWeightBytes(KsAlgorithm::kDense, {int64_t{1} << 20, 1 << 20, 1, 1 << 20}, DType::kFloat32)
                 .status()

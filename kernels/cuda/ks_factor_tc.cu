@@ -1,0 +1,396 @@
+// The fused KS factor kernel on tensor cores with an asynchronous multi-stage pipeline: BF16/FP16
+// operands, FP32 accumulation, mma.sync m16n8k16 fed by cp.async and ldmatrix (sm_80 and later).
+//
+// A block owns, for one i, a group of JT consecutive j (from d at launch: 1 when d = 1, else d
+// itself or a power of two dividing it, up to 8), BM batch rows and BN output rows r, and walks
+// s in steps of BK. Both operands are copied global → shared with cp.async, kStages − 1 steps
+// ahead, exactly as they lie in memory: a tile row (batch row n of x, output row r of w) holds
+// the step's BK values of s times JT values of j, s-major (k·JT + jj). That is one contiguous run
+// when JT = d and runs of JT values otherwise, so every copy moves a whole 16-byte chunk (8 bytes
+// for runs of 4). With JT > 1 the block then transposes the landed step in shared memory
+// into a k-contiguous [jj][row][k] tile (8 k × JT j blocks through registers and byte permutes),
+// so every warp loads its fragments with ldmatrix. The finished tile goes through shared memory
+// once more so y is written as whole runs too. Tile shapes are compile-time constants, so the
+// per-copy index arithmetic needs no division at run time.
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <type_traits>
+#include <utility>
+
+#include "kernels/block_order.h"
+#include "kernels/cuda/convert.cuh"
+#include "kernels/cuda/launch.h"
+#include "kernels/cuda/mma_sm80.cuh"
+#include "kernels/epilogue.h"
+
+namespace ksserve::kernels::cuda {
+namespace {
+
+constexpr int kStages = 3;
+constexpr int kMaxThreads = 256;
+
+template <int BM_, int BN_, int WM_, int WN_>
+struct TcTile {
+  static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_;
+  static constexpr int kWarpsN = BN / WN;
+  static constexpr int kWarpsPerJ = (BM / WM) * kWarpsN;
+  static constexpr int kMaxJ = kMaxThreads / (32 * kWarpsPerJ);  // a block has JT × kWarpsPerJ warps
+  static constexpr int kMi = WM / 16, kNi = WN / 8;
+  static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 16 == 0, "ldmatrix.x4 loads B in pairs");
+  static_assert(kMaxJ >= 1);
+};
+
+// Everything that follows from the tile, JT and the copy width at compile time.
+template <typename TileT, int JT_, int kChunk_>
+struct TcConfig {
+  static constexpr int JT = JT_, kChunk = kChunk_;
+  static constexpr int BM = TileT::BM, BN = TileT::BN, kRows = BM + BN;
+  static constexpr int kThreads = 32 * TileT::kWarpsPerJ * JT;
+  static constexpr int BK = JT >= 8 ? 16 : 32;
+  // Landed rows: BK·JT values + 16 bytes, so ldmatrix (JT = 1) and the transpose's 16-byte reads
+  // of consecutive rows fall in different banks.
+  static constexpr int kRawPitch = BK * JT + 8;
+  static constexpr int kStageElements = kRows * kRawPitch;
+  static constexpr int kTPitch = BK + 8;  // the transposed [jj][row][k] tile
+  static constexpr int kTElements = JT > 1 ? JT * kRows * kTPitch : 0;
+  static constexpr int kSharedBytes =
+      2 * (kStages * kStageElements + kTElements > BM * (BN * JT + 8) ? kStages * kStageElements + kTElements
+                                                                      : BM * (BN * JT + 8));
+  // Two blocks of 8 warps per SM where shared memory allows (registers capped at 128 then); one
+  // block with all the registers it wants otherwise.
+  static constexpr int kMinBlocks = kThreads >= kMaxThreads && 2 * (kSharedBytes + 1024) <= 228 * 1024 ? 2 : 1;
+  static constexpr int kChunksPerRow = BK * JT / kChunk;
+  static constexpr int kCopies = (kRows * kChunksPerRow + kThreads - 1) / kThreads;
+  static_assert(JT == 1 || JT == 2 || JT == 4 || JT == 8);
+  static_assert(JT <= TileT::kMaxJ);
+  static_assert(kChunk == 8 || (kChunk == 4 && JT == 4), "16-byte chunks, or runs of 4 values");
+};
+
+// Word w of the 8-k vector of j = jj, from a block of 8 k × JT j stored s-major in `words` (JT
+// 16-byte chunks): values (k = 2w, jj) and (k = 2w + 1, jj), element f being half f % 2 of word
+// f / 2. All indices are compile-time: one byte permute.
+template <int JT, int jj, int w>
+__device__ __forceinline__ uint32_t TransposedWord(const uint32_t* words) {
+  constexpr int f0 = 2 * w * JT + jj, f1 = (2 * w + 1) * JT + jj;
+  constexpr unsigned kSelector = (f0 % 2 ? 0x32u : 0x10u) | (f1 % 2 ? 0x7600u : 0x5400u);
+  return __byte_perm(words[f0 / 2], words[f1 / 2], kSelector);
+}
+
+// Stores the 8-k vector of every j of the block to out(jj).
+template <int JT, typename Out, int... kJ>
+__device__ __forceinline__ void StoreTransposed(const uint32_t* words, Out out, std::integer_sequence<int, kJ...>) {
+  (out(kJ, make_uint4(TransposedWord<JT, kJ, 0>(words), TransposedWord<JT, kJ, 1>(words),
+                      TransposedWord<JT, kJ, 2>(words), TransposedWord<JT, kJ, 3>(words))),
+   ...);
+}
+
+template <int kVec, typename T>
+__device__ __forceinline__ void CopyVector(T* dst, const T* src) {
+  if constexpr (kVec == 8) {
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+  } else if constexpr (kVec == 4) {
+    *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(src);
+  } else if constexpr (kVec == 2) {
+    *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(src);
+  } else {
+    *dst = *src;
+  }
+}
+
+struct TcLaunch {
+  int y_vec = 1;  // elements per output store: 8, 4, 2 or 1
+};
+
+template <typename T, typename TileT, typename Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
+    KsFactorTcKernel(KsFactorParams p, BlockGrid grid, TcLaunch launch) {
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, JT = Cfg::JT, kChunk = Cfg::kChunk;
+  constexpr int WM = TileT::WM, WN = TileT::WN, kMi = TileT::kMi, kNi = TileT::kNi;
+  constexpr int kRawPitch = Cfg::kRawPitch, kTPitch = Cfg::kTPitch;
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  T* const raw = reinterpret_cast<T*>(shared_bytes);   // [kStages][kRows][kRawPitch]
+  T* const transposed = raw + kStages * Cfg::kStageElements;  // [JT][kRows][kTPitch] (JT > 1)
+
+  const int64_t b = p.pattern.b, c = p.pattern.c, d = p.pattern.d;
+  const int64_t in = p.pattern.in_features(), out = p.pattern.out_features(), cd = c * d;
+  const BlockCoords block = DecodeBlock(grid, blockIdx.x);
+  const int64_t i = block.i, j0 = block.jg * JT, r0 = block.rt * BN, n0 = block.nt * BM;
+  const int rows_x = static_cast<int>(min(p.batch - n0, int64_t{BM}));
+  const int rows_w = static_cast<int>(min(b - r0, int64_t{BN}));
+  const int steps = static_cast<int>((c + BK - 1) / BK);
+  const bool whole = JT == d;
+
+  // Row starts of the tile at s = 0, and the bound a chunk's first s (or, when JT = d, its first
+  // flat (s, j) index) must stay under. Rows beyond the batch or b are zero-filled. A chunk never
+  // straddles an edge: c·d, and JT when not whole, are multiples of kChunk.
+  const T* const x_rows = static_cast<const T*>(p.x) + n0 * in + i * cd + j0;
+  const T* const w_rows = static_cast<const T*>(p.w) + (i * b + r0) * cd + j0;
+  const auto load_step = [&](int step, int buffer) {
+    T* const tile = raw + buffer * Cfg::kStageElements;
+    const int64_t s0 = int64_t{step} * BK;
+#pragma unroll
+    for (int l = 0; l < Cfg::kCopies; ++l) {
+      const int e = threadIdx.x + l * Cfg::kThreads;
+      if (Cfg::kRows * Cfg::kChunksPerRow % Cfg::kThreads != 0 && e >= Cfg::kRows * Cfg::kChunksPerRow) break;
+      const int row = e / Cfg::kChunksPerRow, f = (e % Cfg::kChunksPerRow) * kChunk;
+      const int k = f / JT, jj = f % JT;
+      const bool is_x = row < BM;
+      const int tile_row = is_x ? row : row - BM;
+      const bool valid = tile_row < (is_x ? rows_x : rows_w) && (whole ? s0 * d + f < cd : s0 + k < c);
+      const T* const source = (is_x ? x_rows + tile_row * in : w_rows + tile_row * cd) + (s0 + k) * d + jj;
+      CpAsync<kChunk * sizeof(T)>(tile + row * kRawPitch + f, valid ? source : x_rows, valid);
+    }
+  };
+
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < steps) load_step(st, st);
+    CpAsyncCommit();
+  }
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane / 4, quad = lane % 4;  // the mma fragment coordinates
+  const int jj = warp / TileT::kWarpsPerJ;
+  const int warp_n = (warp % TileT::kWarpsPerJ) % TileT::kWarpsN;
+  const int warp_m = (warp % TileT::kWarpsPerJ) / TileT::kWarpsN;
+  float acc[kMi][kNi][4] = {};
+
+  int buffer = 0;
+  for (int step = 0; step < steps; ++step) {
+    CpAsyncWait<kStages - 2>();
+    // This step has landed for every thread, and every warp is done with the buffers the next
+    // copy and the transpose overwrite (read in the previous iteration).
+    __syncthreads();
+    {
+      const int next = step + kStages - 1;
+      int next_buffer = buffer + kStages - 1;
+      if (next_buffer >= kStages) next_buffer -= kStages;
+      if (next < steps) load_step(next, next_buffer);
+      CpAsyncCommit();
+    }
+    const T* tile = raw + buffer * Cfg::kStageElements;
+    int pitch = kRawPitch;
+    if constexpr (JT > 1) {
+      // Units of (row, 8 k): consecutive threads take consecutive rows, whose 16-byte reads and
+      // writes then fall in different banks (both pitches are odd multiples of 16 bytes).
+      constexpr int kUnits = Cfg::kRows * (BK / 8);
+      for (int u = threadIdx.x; u < kUnits; u += Cfg::kThreads) {
+        const int row = u % Cfg::kRows, k8 = u / Cfg::kRows;
+        uint4 block[JT];
+        const uint4* src = reinterpret_cast<const uint4*>(tile + row * kRawPitch + k8 * 8 * JT);
+#pragma unroll
+        for (int q = 0; q < JT; ++q) block[q] = src[q];
+        StoreTransposed<JT>(
+            reinterpret_cast<const uint32_t*>(block),
+            [&](int q, uint4 v) { *reinterpret_cast<uint4*>(transposed + (q * Cfg::kRows + row) * kTPitch + k8 * 8) = v; },
+            std::make_integer_sequence<int, JT>{});
+      }
+      __syncthreads();
+      tile = transposed + jj * Cfg::kRows * kTPitch;
+      pitch = kTPitch;
+    }
+    const T* const xs = tile + warp_m * WM * pitch;
+    const T* const ws = tile + (BM + warp_n * WN) * pitch;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      uint32_t af[kMi][4], bf[kNi][2];
+#pragma unroll
+      for (int mi = 0; mi < kMi; ++mi) LoadFragmentA(af[mi], xs + mi * 16 * pitch + kk, pitch, lane);
+#pragma unroll
+      for (int ni = 0; ni < kNi; ni += 2) LoadFragmentsB(bf[ni], bf[ni + 1], ws + ni * 8 * pitch + kk, pitch, lane);
+#pragma unroll
+      for (int mi = 0; mi < kMi; ++mi) {
+#pragma unroll
+        for (int ni = 0; ni < kNi; ++ni) Mma<T>(acc[mi][ni], af[mi], bf[ni]);
+      }
+    }
+    if (++buffer == kStages) buffer = 0;
+  }
+  CpAsyncWait<0>();
+  __syncthreads();  // the pipeline buffers become the output tile
+
+  // Epilogue in FP32, rounded once, staged as [m][r·JT + jj]: the layout of y's runs.
+  constexpr int kYPitch = BN * JT + 8;
+  T* const y_tile = raw;
+  const T* const bias = static_cast<const T*>(p.bias);
+#pragma unroll
+  for (int ni = 0; ni < kNi; ++ni) {
+    const int rr = warp_n * WN + ni * 8 + quad * 2;
+    float bias_value[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      if (bias != nullptr && r0 + rr + e < b) bias_value[e] = ToFloat(bias[(i * b + r0 + rr + e) * d + j0 + jj]);
+    }
+#pragma unroll
+    for (int mi = 0; mi < kMi; ++mi) {
+#pragma unroll
+      for (int upper = 0; upper < 2; ++upper) {
+        const int m = warp_m * WM + mi * 16 + group + upper * 8;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          y_tile[m * kYPitch + (rr + e) * JT + jj] =
+              FromFloat<T>(ApplyActivation(acc[mi][ni][upper * 2 + e] + bias_value[e], p.activation));
+        }
+      }
+    }
+  }
+  __syncthreads();
+
+  // Row m of the tile, element f = rr·JT + jj, goes to y[n0 + m][(i·b + r0 + rr)·d + j0 + jj].
+  T* const y = static_cast<T*>(p.y) + (i * b + r0) * d + j0;
+  const auto store = [&](auto vec_constant) {
+    constexpr int kVec = decltype(vec_constant)::value;
+    constexpr int kVectorsPerRow = BN * JT / kVec;
+    for (int e = threadIdx.x; e < BM * kVectorsPerRow; e += Cfg::kThreads) {
+      const int m = e / kVectorsPerRow;
+      const int f = (e % kVectorsPerRow) * kVec;
+      const int rr = f / JT;
+      if (m >= rows_x || r0 + rr >= b) continue;
+      CopyVector<kVec>(y + (n0 + m) * out + rr * d + f % JT, y_tile + m * kYPitch + f);
+    }
+  };
+  switch (launch.y_vec) {
+    case 8:
+      store(std::integral_constant<int, 8>{});
+      break;
+    case 4:
+      store(std::integral_constant<int, 4>{});
+      break;
+    case 2:
+      store(std::integral_constant<int, 2>{});
+      break;
+    default:
+      store(std::integral_constant<int, 1>{});
+      break;
+  }
+}
+
+bool Aligned(const void* ptr, int bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
+
+template <typename T, typename TileT, int JT, int kChunk>
+cudaError_t LaunchConfig(const KsFactorParams& p, cudaStream_t stream) {
+  using Cfg = TcConfig<TileT, JT, kChunk>;
+  TcLaunch launch;
+  // Output runs: the whole (r, j) row of the tile when JT = d, else JT values.
+  for (int vec : {8, 4, 2}) {
+    const bool runs = JT == p.pattern.d ? (p.pattern.b * p.pattern.d) % vec == 0 : JT % vec == 0;
+    if (runs && Aligned(p.y, vec * static_cast<int>(sizeof(T)))) {
+      launch.y_vec = vec;
+      break;
+    }
+  }
+  const int shared_bytes = Cfg::kSharedBytes;  // 16-bit types only
+  const BlockGrid block_grid = MakeBlockGrid(p.pattern, p.batch, JT, Cfg::BM, Cfg::BN, sizeof(T));
+  if (block_grid.blocks() > int64_t{0x7fffffff}) return cudaErrorInvalidConfiguration;
+  const auto kernel = KsFactorTcKernel<T, TileT, Cfg>;
+  if (cudaError_t err = AllowDynamicShared(reinterpret_cast<const void*>(kernel), shared_bytes); err != cudaSuccess) {
+    return err;
+  }
+  kernel<<<static_cast<unsigned>(block_grid.blocks()), Cfg::kThreads, shared_bytes, stream>>>(p, block_grid,
+                                                                                               launch);
+  return cudaGetLastError();
+}
+
+// The j group for a tile: 1 for d = 1, d itself when it is a power of two up to the tile's
+// limit, else the widest such power of two that divides d; 0 when none does.
+int ChooseJ(int64_t d, int max_j) {
+  for (int jt = std::min(max_j, 8); jt >= 1; jt /= 2) {
+    if (d % jt == 0 && (jt > 1 || d == 1)) return jt;
+  }
+  return 0;
+}
+
+template <typename T, typename TileT>
+cudaError_t LaunchTc(const KsFactorParams& p, cudaStream_t stream, bool* ran) {
+  *ran = false;
+  const KsPattern& k = p.pattern;
+  const int jt = ChooseJ(k.d, TileT::kMaxJ);
+  if (jt == 0 || k.c % 8 != 0) return cudaSuccess;  // c % 8: whole steps of 16-byte runs along s
+  const bool whole = jt == k.d;
+  // 16-byte copies need runs of 8 values: JT = d (c·d is then a multiple of 8) or JT = 8. Runs of
+  // 4 (JT = 4 dividing d) copy 8 bytes at a time; shorter runs are left to the fallback.
+  const int chunk = whole || jt == 8 ? 8 : jt;
+  const int chunk_bytes = chunk * static_cast<int>(sizeof(T));
+  if (chunk < 4 || !Aligned(p.x, chunk_bytes) || !Aligned(p.w, chunk_bytes)) return cudaSuccess;
+  *ran = true;
+  if constexpr (TileT::kMaxJ >= 8) {
+    if (jt == 8) return LaunchConfig<T, TileT, 8, 8>(p, stream);
+  }
+  if constexpr (TileT::kMaxJ >= 4) {
+    if (jt == 4) return chunk == 8 ? LaunchConfig<T, TileT, 4, 8>(p, stream) : LaunchConfig<T, TileT, 4, 4>(p, stream);
+  }
+  if constexpr (TileT::kMaxJ >= 2) {
+    if (jt == 2) return LaunchConfig<T, TileT, 2, 8>(p, stream);
+  }
+  return LaunchConfig<T, TileT, 1, 8>(p, stream);
+}
+
+template <typename TileT>
+cudaError_t LaunchTcTile(const KsFactorParams& p, cudaStream_t stream, bool* ran) {
+  switch (p.dtype) {
+    case DType::kBFloat16:
+      return LaunchTc<__nv_bfloat16, TileT>(p, stream, ran);
+    case DType::kFloat16:
+      return LaunchTc<__half, TileT>(p, stream, ran);
+    case DType::kFloat32:
+      break;
+  }
+  *ran = true;
+  return cudaErrorInvalidValue;  // strict FP32 never runs on tensor cores
+}
+
+// The register-staged tensor-core tile that takes over where the pipelined one cannot run (d
+// neither 1 nor a multiple of 4 unless it is 2, c not a multiple of 8, pointers not aligned to
+// the copies).
+FusedTile FallbackTile(const KsPattern& pattern) {
+  if (pattern.d >= 8) return FusedTile::kMmaJ8M32N32;
+  if (pattern.d >= 4) return FusedTile::kMmaJ4M64N64;
+  return pattern.b > 64 ? FusedTile::kMmaJ1M128N128 : FusedTile::kMmaJ1M128N64;
+}
+
+}  // namespace
+
+cudaError_t AllowDynamicShared(const void* kernel, int bytes) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, const void*>, int> allowed;  // (device, kernel) → bytes
+  int device = 0;
+  if (cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
+  const std::lock_guard<std::mutex> lock(mutex);
+  int& current = allowed[{device, kernel}];
+  if (bytes <= current) return cudaSuccess;
+  if (cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+      err != cudaSuccess) {
+    return err;
+  }
+  current = bytes;
+  return cudaSuccess;
+}
+
+cudaError_t LaunchKsFactorTc(const KsFactorParams& params, FusedTile tile, cudaStream_t stream) {
+  bool ran = false;
+  cudaError_t err = cudaErrorInvalidValue;
+  switch (tile) {
+    case FusedTile::kTcM128N128:
+      err = LaunchTcTile<TcTile<128, 128, 64, 32>>(params, stream, &ran);
+      break;
+    case FusedTile::kTcM128N64:
+      err = LaunchTcTile<TcTile<128, 64, 64, 32>>(params, stream, &ran);
+      break;
+    case FusedTile::kTcM64N64:
+      err = LaunchTcTile<TcTile<64, 64, 64, 32>>(params, stream, &ran);
+      break;
+    case FusedTile::kTcM64N32:
+      err = LaunchTcTile<TcTile<64, 32, 64, 32>>(params, stream, &ran);
+      break;
+    case FusedTile::kTcM32N32:
+      err = LaunchTcTile<TcTile<32, 32, 32, 32>>(params, stream, &ran);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  if (ran || err != cudaSuccess) return err;
+  return LaunchKsFactorFusedMma(params, FallbackTile(params.pattern), stream);
+}
+
+}  // namespace ksserve::kernels::cuda
