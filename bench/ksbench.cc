@@ -4,7 +4,6 @@
 // failed check is flagged in the CSV and fails the run. Progress and ETA go to stderr.
 //
 //   ksbench --csv=bench/results/h100-ksbench.csv
-#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -12,7 +11,6 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <memory>
 #include <optional>
 #include <random>
 #include <string>
@@ -134,24 +132,23 @@ class Case {
     return {.x = x_.get(), .w = w_.get(), .y = y_.get(), .batch = batch_, .pattern = pattern_, .dtype = dtype_};
   }
 
-  // Times `choice` alone (no check); nullopt when it does not run.
-  std::optional<double> Time(const KsKernelChoice& choice, const kernels::KsTuneOptions& options) {
+  // Median milliseconds of `choice` alone (no check).
+  absl::StatusOr<double> Time(const KsKernelChoice& choice, const kernels::KsTuneOptions& options) {
     absl::StatusOr<std::vector<kernels::KsCandidateTime>> times =
         kernels::TimeKernelCandidates(Params(), {choice}, options, stream_);
-    if (!times.ok()) return std::nullopt;
+    if (!times.ok()) return times.status();
     return times->front().median_ms;
   }
 
   // Times `choice` and checks one fresh run of it on a poisoned output.
   std::optional<Measured> Measure(const KsKernelChoice& choice, const kernels::KsTuneOptions& options) {
-    absl::StatusOr<std::vector<kernels::KsCandidateTime>> times =
-        kernels::TimeKernelCandidates(Params(), {choice}, options, stream_);
-    if (!times.ok()) {
+    const absl::StatusOr<double> ms = Time(choice, options);
+    if (!ms.ok()) {
       std::fprintf(stderr, "\n  %s skipped: %s\n", kernels::KernelChoiceName(choice).c_str(),
-                   std::string(times.status().message()).c_str());
+                   std::string(ms.status().message()).c_str());
       return std::nullopt;
     }
-    Measured measured{.choice = choice, .ms = times->front().median_ms};
+    Measured measured{.choice = choice, .ms = *ms};
     measured.error = Check(choice);
     measured.correct = measured.error <= (dtype_ == DType::kFloat32 ? 1e-5 : 1e-2);
     return measured;
@@ -370,8 +367,9 @@ int Run() {
           kernels::KsTuneOptions retime = options;
           retime.repetitions = 2 * options.repetitions + 1;
           baseline_retimed_ms = bench_case.Time(baseline_choice, retime).value_or(NAN);
-          dispatched_ms = dispatched->choice == baseline_choice ? baseline_retimed_ms
-                                                                : bench_case.Time(dispatched->choice, retime).value_or(NAN);
+          dispatched_ms = dispatched->choice == baseline_choice
+                              ? baseline_retimed_ms
+                              : bench_case.Time(dispatched->choice, retime).value_or(NAN);
         } else if (dispatched) {
           dispatched_ms = dispatched->ms;
         }

@@ -133,7 +133,6 @@ int RunPairBench(const Ceilings& ceilings, const PairBenchOptions& options, cuda
           calls[1].Run(stream);
         };
 
-        CheckCuda(cudaStreamSynchronize(stream), "fill");
         const absl::Status packed_ok =
             kernels::PackFusedPairWeightsCuda(chain, dtype, w2.get(), packed.get(), stream);
         if (!packed_ok.ok()) Die(std::string(packed_ok.message()));

@@ -224,9 +224,7 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
     if (pattern.d % 8 == 0) return FusedTile::kTcM32N32;
     if (pattern.d % 4 == 0) return batch > 4096 ? FusedTile::kTcM64N64 : FusedTile::kTcM32N32;
     if (pattern.d == 2) return batch > 4096 ? FusedTile::kTcM128N64 : FusedTile::kTcM32N32;
-    if (pattern.d >= 8) return FusedTile::kMmaJ8M32N32;
-    if (pattern.d >= 4) return FusedTile::kMmaJ4M64N64;
-    return pattern.b > 64 ? FusedTile::kMmaJ1M128N128 : FusedTile::kMmaJ1M128N64;
+    return RegisterStagedMmaTile(pattern);
   }
   if (pattern.d >= 32) return FusedTile::kJ32M16N8;
   if (pattern.d >= 16) return FusedTile::kJ16M16N16;

@@ -85,6 +85,14 @@ inline constexpr FusedTile kAllFusedTiles[] = {FusedTile::kJ1M16N64,   FusedTile
                                                FusedTile::kTcM64N64,    FusedTile::kTcM64N32,
                                                FusedTile::kTcM32N32};
 
+// The register-staged tensor-core tile for a pattern: the rule's choice where the pipelined tiles
+// cannot run, and what those tiles hand such layouts to.
+constexpr FusedTile RegisterStagedMmaTile(const KsPattern& pattern) {
+  if (pattern.d >= 8) return FusedTile::kMmaJ8M32N32;
+  if (pattern.d >= 4) return FusedTile::kMmaJ4M64N64;
+  return pattern.b > 64 ? FusedTile::kMmaJ1M128N128 : FusedTile::kMmaJ1M128N64;
+}
+
 // What runs one factor call: the algorithm and, for kFused, its tile.
 struct KsKernelChoice {
   KsAlgorithm algorithm = KsAlgorithm::kFused;

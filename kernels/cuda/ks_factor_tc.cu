@@ -340,15 +340,6 @@ cudaError_t LaunchTcTile(const KsFactorParams& p, cudaStream_t stream, bool* ran
   return cudaErrorInvalidValue;  // strict FP32 never runs on tensor cores
 }
 
-// The register-staged tensor-core tile that takes over where the pipelined one cannot run (d
-// neither 1 nor a multiple of 4 unless it is 2, c not a multiple of 8, pointers not aligned to
-// the copies).
-FusedTile FallbackTile(const KsPattern& pattern) {
-  if (pattern.d >= 8) return FusedTile::kMmaJ8M32N32;
-  if (pattern.d >= 4) return FusedTile::kMmaJ4M64N64;
-  return pattern.b > 64 ? FusedTile::kMmaJ1M128N128 : FusedTile::kMmaJ1M128N64;
-}
-
 }  // namespace
 
 cudaError_t AllowDynamicShared(const void* kernel, int bytes) {
@@ -390,7 +381,9 @@ cudaError_t LaunchKsFactorTc(const KsFactorParams& params, FusedTile tile, cudaS
       return cudaErrorInvalidValue;
   }
   if (ran || err != cudaSuccess) return err;
-  return LaunchKsFactorFusedMma(params, FallbackTile(params.pattern), stream);
+  // No j group fits d (d = 3, 6, odd d), c is not a multiple of 8, or the pointers are not
+  // aligned to the copies: the register-staged tile takes it.
+  return LaunchKsFactorFusedMma(params, RegisterStagedMmaTile(params.pattern), stream);
 }
 
 }  // namespace ksserve::kernels::cuda

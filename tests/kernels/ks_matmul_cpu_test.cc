@@ -254,6 +254,9 @@ TEST(KsKernelChoiceTest, DefaultTileFollowsDAndBatch) {
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 4}, 25088, DType::kBFloat16), FusedTile::kTcM64N64);
   EXPECT_EQ(DefaultFusedTile({1, 768, 192, 2}, 25088, DType::kBFloat16), FusedTile::kTcM128N64);
   EXPECT_EQ(DefaultFusedTile({1, 96, 96, 6}, 25088, DType::kBFloat16), FusedTile::kMmaJ4M64N64);
+  EXPECT_EQ(DefaultFusedTile({1, 96, 96, 3}, 25088, DType::kBFloat16), FusedTile::kMmaJ1M128N128);
+  EXPECT_EQ(DefaultFusedTile({1, 48, 96, 3}, 25088, DType::kBFloat16), FusedTile::kMmaJ1M128N64);
+  EXPECT_EQ(DefaultFusedTile({1, 96, 96, 17}, 25088, DType::kBFloat16), FusedTile::kMmaJ8M32N32);
   EXPECT_EQ(DefaultFusedTile({6, 64, 64, 1}, 25088, DType::kFloat16), FusedTile::kTcM128N64);
   EXPECT_EQ(DefaultFusedTile({6, 64, 64, 1}, 1, DType::kBFloat16), FusedTile::kJ1M16N64);
 }
