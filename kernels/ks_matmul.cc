@@ -236,6 +236,8 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
 
 int FusedTileJ(FusedTile tile) {
   switch (tile) {
+    case FusedTile::kJ2M128N64:
+      return 2;
     case FusedTile::kJ4M64N64:
     case FusedTile::kMmaJ4M64N64:
       return 4;
@@ -289,6 +291,8 @@ std::string FusedTileName(FusedTile tile) {
       return "j1m128n128";
     case FusedTile::kJ1M128N64:
       return "j1m128n64";
+    case FusedTile::kJ2M128N64:
+      return "j2m128n64";
     case FusedTile::kJ4M64N64:
       return "j4m64n64";
     case FusedTile::kJ8M32N32:

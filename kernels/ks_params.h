@@ -58,6 +58,7 @@ enum class FusedTile : uint8_t {
   kJ1M16N64,
   kJ1M128N128,
   kJ1M128N64,
+  kJ2M128N64,
   kJ4M64N64,
   kJ8M32N32,
   kJ16M16N16,
@@ -77,13 +78,12 @@ enum class FusedTile : uint8_t {
   kTcM64N32,
   kTcM32N32,
 };
-inline constexpr FusedTile kAllFusedTiles[] = {FusedTile::kJ1M16N64,   FusedTile::kJ1M128N128, FusedTile::kJ1M128N64, FusedTile::kJ4M64N64,
-                                               FusedTile::kJ8M32N32,   FusedTile::kJ16M16N16, FusedTile::kJ32M16N8,
-                                               FusedTile::kMmaJ1M128N64, FusedTile::kMmaJ1M128N128,
-                                               FusedTile::kMmaJ4M64N64, FusedTile::kMmaJ8M32N32,
-                                               FusedTile::kTcM128N128,  FusedTile::kTcM128N64,
-                                               FusedTile::kTcM64N64,    FusedTile::kTcM64N32,
-                                               FusedTile::kTcM32N32};
+inline constexpr FusedTile kAllFusedTiles[] = {
+    FusedTile::kJ1M16N64,     FusedTile::kJ1M128N128,    FusedTile::kJ1M128N64,   FusedTile::kJ2M128N64,
+    FusedTile::kJ4M64N64,     FusedTile::kJ8M32N32,      FusedTile::kJ16M16N16,   FusedTile::kJ32M16N8,
+    FusedTile::kMmaJ1M128N64, FusedTile::kMmaJ1M128N128, FusedTile::kMmaJ4M64N64, FusedTile::kMmaJ8M32N32,
+    FusedTile::kTcM128N128,   FusedTile::kTcM128N64,     FusedTile::kTcM64N64,    FusedTile::kTcM64N32,
+    FusedTile::kTcM32N32};
 
 // The register-staged tensor-core tile for a pattern: the rule's choice where the pipelined tiles
 // cannot run, and what those tiles hand such layouts to.

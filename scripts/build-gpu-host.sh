@@ -4,6 +4,7 @@
 # scripts/fetch-gpu-host-debs.sh downloaded: the packages are unpacked into a prefix, not
 # installed. Usage: scripts/build-gpu-host.sh [DEB_DIR] [PREFIX]
 # Afterwards:  source build/cuda/deps-env.sh && ctest --preset gpu   (or build/cuda/bin/ksserve)
+# KSSERVE_BUILD_TARGETS="ksbench ..." builds only those targets (default: everything).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -39,7 +40,8 @@ cmake --preset cuda \
   -DProtobuf_INCLUDE_DIR="$prefix/usr/include" \
   -DProtobuf_LIBRARY="$lib/libprotobuf.so" \
   -DGTest_DIR="$lib/cmake/GTest"
-cmake --build --preset cuda -j "$(nproc)"
+# shellcheck disable=SC2086
+cmake --build --preset cuda -j "$(nproc)" ${KSSERVE_BUILD_TARGETS:+--target $KSSERVE_BUILD_TARGETS}
 # The binaries find the prefix's libraries through LD_LIBRARY_PATH (RUNPATH does not cover the
 # libraries' own dependencies, e.g. libgrpc++ -> libgrpc).
 echo "export LD_LIBRARY_PATH=\"$lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}\"" >"$repo/build/cuda/deps-env.sh"

@@ -6,6 +6,12 @@
 // transposed so every thread reads its TM×TN operands as float4), while the next step's tiles
 // are already in flight in registers. Global loads run along the memory's contiguous direction:
 // (s, j) flattened, which is all of a step's elements of one row when JT = d, and s when d = 1.
+// A warp works on one j (where a j's tile has 32 threads or more), as 4 × 8 threads of TM × TN,
+// so its operand reads are few distinct float4s that shared memory broadcasts; a thread's TM
+// rows (TN columns) are float4 runs kThreadsM·4 (kThreadsN·4) apart, so the eight threads of a
+// quarter warp read one contiguous 128-byte run. A shared tile is
+// [k][jj][row] with 4 floats of padding per k, so a warp's transposed stores (rows × k) land in
+// distinct banks. The finished tile goes through shared memory once more so y is written in whole runs.
 // Blocks run in the order of block_order.h, so the ones that share x or w meet in L2. Any
 // pattern and batch: every edge is predicated, out-of-range operands are 0.
 #include <algorithm>
@@ -22,22 +28,33 @@ namespace {
 template <int JT_, int BM_, int BN_, int BK_, int TM_, int TN_>
 struct Tile {
   static constexpr int JT = JT_, BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_;
-  static constexpr int kThreads = JT * (BM / TM) * (BN / TN);
-  // Rows of the shared tiles are padded so transposed stores spread over banks while float4
-  // reads stay aligned.
-  static constexpr int kXStride = BM + 4;
-  static constexpr int kWStride = BN + 4;
+  static constexpr int kThreadsM = BM / TM, kThreadsN = BN / TN;
+  static constexpr int kThreadsPerJ = kThreadsM * kThreadsN;
+  static constexpr int kThreads = JT * kThreadsPerJ;
+  // A warp as 4 × 8 threads where one j's threads allow it; else the threads of a j row by row.
+  static constexpr bool kWarpBlocks = kThreadsPerJ % 32 == 0 && kThreadsM % 4 == 0 && kThreadsN % 8 == 0;
+  static constexpr int kXPitch = JT * BM + 4, kWPitch = JT * BN + 4;  // floats per k
+  static constexpr int kStepFloats = BK * (kXPitch + kWPitch);
+  // The output tile, staged as [m][jj][r]: the pitch keeps a warp's reads of consecutive
+  // (r, jj) in distinct banks for JT up to 4.
+  static constexpr int kYPitch = BN + 8;
+  static constexpr int kSharedFloats = 2 * kStepFloats > BM* JT* kYPitch ? 2 * kStepFloats : BM* JT* kYPitch;
+  static constexpr int kSharedBytes = 4 * kSharedFloats;
   static_assert(TM % 4 == 0 && TN % 4 == 0, "micro-tiles are read as float4");
   static_assert(BM % TM == 0 && BN % TN == 0);
   static_assert(kThreads <= 256);
-  static_assert(2 * BK * JT * (kXStride + kWStride) * 4 <= 48 * 1024, "static shared memory");
 };
 
 template <typename T, typename TileT, int kVec>
-__global__ void __launch_bounds__(TileT::kThreads) KsFactorFusedKernel(KsFactorParams p, BlockGrid grid) {
-  constexpr int JT = TileT::JT, BM = TileT::BM, BN = TileT::BN, BK = TileT::BK, TM = TileT::TM, TN = TileT::TN;
-  __shared__ __align__(16) float x_tile[2][BK * JT * TileT::kXStride];
-  __shared__ __align__(16) float w_tile[2][BK * JT * TileT::kWStride];
+// Two blocks per SM: 128 registers per thread at most.
+__global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads) KsFactorFusedKernel(KsFactorParams p, BlockGrid grid) {
+  constexpr int JT = TileT::JT, BM = TileT::BM, BN = TileT::BN, BK = TileT::BK, TM = TileT::TM,
+                TN = TileT::TN;
+  constexpr int kXPitch = TileT::kXPitch, kWPitch = TileT::kWPitch;
+  extern __shared__ __align__(16) float shared_floats[];
+  // Two buffers of [k][jj][row] for x then w.
+  const auto x_tile = [&](int buffer) { return shared_floats + buffer * TileT::kStepFloats; };
+  const auto w_tile = [&](int buffer) { return shared_floats + buffer * TileT::kStepFloats + BK * kXPitch; };
 
   const int64_t b = p.pattern.b, c = p.pattern.c, d = p.pattern.d;
   const int64_t in = p.pattern.in_features(), out = p.pattern.out_features();
@@ -48,25 +65,31 @@ __global__ void __launch_bounds__(TileT::kThreads) KsFactorFusedKernel(KsFactorP
   const T* w_base = static_cast<const T*>(p.w) + (i * b + r0) * c * d;
   const int64_t rows_x = p.batch - n0, rows_w = b - r0;
 
-  // Transposed into shared memory: tile[k][jj][row], as FP32.
   const auto store_x = [&](float* tile) {
-    return [tile](int row, int k, int jj, T v) { tile[(k * JT + jj) * TileT::kXStride + row] = ToFloat(v); };
+    return [tile](int row, int k, int jj, T v) { tile[k * kXPitch + jj * BM + row] = ToFloat(v); };
   };
   const auto store_w = [&](float* tile) {
-    return [tile](int row, int k, int jj, T v) { tile[(k * JT + jj) * TileT::kWStride + row] = ToFloat(v); };
+    return [tile](int row, int k, int jj, T v) { tile[k * kWPitch + jj * BN + row] = ToFloat(v); };
   };
   Stage<T, TileT::kThreads, BM, BK, JT, kVec> x_stage;
   Stage<T, TileT::kThreads, BN, BK, JT, kVec> w_stage;
   x_stage.Load(x_base, in, rows_x, 0, c, j0, d);
   w_stage.Load(w_base, c * d, rows_w, 0, c, j0, d);
-  x_stage.Store(store_x(x_tile[0]));
-  w_stage.Store(store_w(w_tile[0]));
+  x_stage.Store(store_x(x_tile(0)));
+  w_stage.Store(store_w(w_tile(0)));
   __syncthreads();
 
-  // Thread layout: jj fastest (consecutive threads write consecutive j of y), then the r tile.
-  const int jj = threadIdx.x % JT;
-  const int tn = (threadIdx.x / JT) % (BN / TN);
-  const int tm = threadIdx.x / (JT * (BN / TN));
+  const int jj = threadIdx.x / TileT::kThreadsPerJ;
+  const int within = threadIdx.x % TileT::kThreadsPerJ;
+  int tm, tn;
+  if constexpr (TileT::kWarpBlocks) {
+    const int warp = within / 32, lane = within % 32;
+    tn = (warp % (TileT::kThreadsN / 8)) * 8 + lane % 8;
+    tm = (warp / (TileT::kThreadsN / 8)) * 4 + lane / 8;
+  } else {
+    tn = within % TileT::kThreadsN;
+    tm = within / TileT::kThreadsN;
+  }
   float acc[TM][TN] = {};
 
   const int64_t steps = (c + BK - 1) / BK;
@@ -79,13 +102,17 @@ __global__ void __launch_bounds__(TileT::kThreads) KsFactorFusedKernel(KsFactorP
     }
 #pragma unroll
     for (int k = 0; k < BK; ++k) {
-      const float* x_row = x_tile[buffer] + (k * JT + jj) * TileT::kXStride + tm * TM;
-      const float* w_row = w_tile[buffer] + (k * JT + jj) * TileT::kWStride + tn * TN;
+      const float* x_row = x_tile(buffer) + k * kXPitch + jj * BM + tm * 4;
+      const float* w_row = w_tile(buffer) + k * kWPitch + jj * BN + tn * 4;
       float xv[TM], wv[TN];
 #pragma unroll
-      for (int q = 0; q < TM; q += 4) *reinterpret_cast<float4*>(&xv[q]) = *reinterpret_cast<const float4*>(x_row + q);
+      for (int q = 0; q < TM; q += 4) {
+        *reinterpret_cast<float4*>(&xv[q]) = *reinterpret_cast<const float4*>(x_row + q * TileT::kThreadsM);
+      }
 #pragma unroll
-      for (int q = 0; q < TN; q += 4) *reinterpret_cast<float4*>(&wv[q]) = *reinterpret_cast<const float4*>(w_row + q);
+      for (int q = 0; q < TN; q += 4) {
+        *reinterpret_cast<float4*>(&wv[q]) = *reinterpret_cast<const float4*>(w_row + q * TileT::kThreadsN);
+      }
 #pragma unroll
       for (int m = 0; m < TM; ++m) {
 #pragma unroll
@@ -94,51 +121,78 @@ __global__ void __launch_bounds__(TileT::kThreads) KsFactorFusedKernel(KsFactorP
     }
     if (has_next) {
       // The other buffer was last read before the previous step's barrier.
-      x_stage.Store(store_x(x_tile[buffer ^ 1]));
-      w_stage.Store(store_w(w_tile[buffer ^ 1]));
+      x_stage.Store(store_x(x_tile(buffer ^ 1)));
+      w_stage.Store(store_w(w_tile(buffer ^ 1)));
     }
     __syncthreads();
   }
 
+  // Bias and activation in FP32, staged as [m][jj][r] (the step buffers are free: the loop ended
+  // on a barrier), then written out along y's runs of (r, j).
+  constexpr int kYPitch = TileT::kYPitch;
+  float* const y_tile = shared_floats;
   const int64_t j = j0 + jj;
-  if (j >= d) return;
   const T* bias = static_cast<const T*>(p.bias);
-  T* y = static_cast<T*>(p.y);
 #pragma unroll
-  for (int n = 0; n < TN; ++n) {
-    const int64_t r = r0 + tn * TN + n;
-    if (r >= b) break;
-    const int64_t feature = (i * b + r) * d + j;
-    const float bias_value = bias != nullptr ? ToFloat(bias[feature]) : 0.0f;
+  for (int n = 0; n < TN; n += 4) {
+    float bias_value[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t r = r0 + n * TileT::kThreadsN + tn * 4 + e;
+      if (bias != nullptr && r < b && j < d) bias_value[e] = ToFloat(bias[(i * b + r) * d + j]);
+    }
 #pragma unroll
     for (int m = 0; m < TM; ++m) {
-      const int64_t row = n0 + tm * TM + m;
-      if (row < p.batch) y[row * out + feature] = FromFloat<T>(ApplyActivation(acc[m][n] + bias_value, p.activation));
+      float4 v;
+      v.x = ApplyActivation(acc[m][n] + bias_value[0], p.activation);
+      v.y = ApplyActivation(acc[m][n + 1] + bias_value[1], p.activation);
+      v.z = ApplyActivation(acc[m][n + 2] + bias_value[2], p.activation);
+      v.w = ApplyActivation(acc[m][n + 3] + bias_value[3], p.activation);
+      const int row = (m / 4) * 4 * TileT::kThreadsM + tm * 4 + m % 4;
+      *reinterpret_cast<float4*>(y_tile + (row * JT + jj) * kYPitch + n * TileT::kThreadsN + tn * 4) = v;
+    }
+  }
+  __syncthreads();
+
+  const int rows_valid = static_cast<int>(min(p.batch - n0, int64_t{BM}));
+  const int r_valid = static_cast<int>(min(b - r0, int64_t{BN}));
+  const int j_valid = static_cast<int>(min(d - j0, int64_t{JT}));
+  T* const y = static_cast<T*>(p.y) + n0 * out + (i * b + r0) * d + j0;
+  for (int e = threadIdx.x; e < BM * BN * JT; e += TileT::kThreads) {
+    const int m = e / (BN * JT), f = e % (BN * JT);
+    const int rr = f / JT, jo = f % JT;
+    if (m < rows_valid && rr < r_valid && jo < j_valid) {
+      y[m * out + rr * d + jo] = FromFloat<T>(y_tile[(m * JT + jo) * kYPitch + rr]);
     }
   }
 }
 
 template <typename TileT>
 cudaError_t Launch(const KsFactorParams& p, cudaStream_t stream) {
-  const BlockGrid block_grid =
-      MakeBlockGrid(p.pattern, p.batch, TileT::JT, TileT::BM, TileT::BN, static_cast<int>(DTypeSize(p.dtype)));
+  const BlockGrid block_grid = MakeBlockGrid(p.pattern, p.batch, TileT::JT, TileT::BM, TileT::BN,
+                                             static_cast<int>(DTypeSize(p.dtype)));
   if (block_grid.blocks() > int64_t{0x7fffffff}) return cudaErrorInvalidConfiguration;
-  WithStorageType(p.dtype, [&](auto zero) {
+  return WithStorageType(p.dtype, [&](auto zero) {
     using T = decltype(zero);
     const unsigned grid = static_cast<unsigned>(block_grid.blocks());
     // 16-byte loads where the layout allows (4 FP32 or 8 16-bit values; 4 for 16-bit types in
-    // the FP32 kernel keeps the staging registers in check).
-    switch (VectorWidth(p, TileT::JT, sizeof(T), 4)) {
-      case 4:
-        KsFactorFusedKernel<T, TileT, 4><<<grid, TileT::kThreads, 0, stream>>>(p, block_grid);
-        break;
-      default:
-        KsFactorFusedKernel<T, TileT, 1><<<grid, TileT::kThreads, 0, stream>>>(p, block_grid);
-        break;
+    // the FP32 kernel keeps the staging registers in check), pairs for the two-j tile.
+    const auto launch = [&](auto kernel) {
+      if (cudaError_t err = AllowDynamicShared(reinterpret_cast<const void*>(kernel), TileT::kSharedBytes);
+          err != cudaSuccess) {
+        return err;
+      }
+      kernel<<<grid, TileT::kThreads, TileT::kSharedBytes, stream>>>(p, block_grid);
+      return cudaGetLastError();
+    };
+    const int vec = VectorWidth(p, TileT::JT, sizeof(T), 4);
+    if constexpr (TileT::JT == 2) {  // runs of two j: two values per load at most
+      if (vec == 2) return launch(KsFactorFusedKernel<T, TileT, 2>);
+    } else {
+      if (vec == 4) return launch(KsFactorFusedKernel<T, TileT, 4>);
     }
-    return 0;
+    return launch(KsFactorFusedKernel<T, TileT, 1>);
   });
-  return cudaGetLastError();
 }
 
 }  // namespace
@@ -151,6 +205,8 @@ cudaError_t LaunchKsFactorFused(const KsFactorParams& params, FusedTile tile, cu
       return Launch<Tile<1, 128, 128, 8, 8, 8>>(params, stream);
     case FusedTile::kJ1M128N64:
       return Launch<Tile<1, 128, 64, 8, 8, 4>>(params, stream);
+    case FusedTile::kJ2M128N64:
+      return Launch<Tile<2, 128, 64, 8, 8, 8>>(params, stream);
     case FusedTile::kJ4M64N64:
       return Launch<Tile<4, 64, 64, 8, 8, 8>>(params, stream);
     case FusedTile::kJ8M32N32:
