@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the offline GPU host: build ksbench only and profile one kernel of one pattern with Nsight
-# Compute (the first launch whose mangled name matches KERNEL_REGEX, e.g. "KsFactorFusedKernelIfNS2_4TileILi4ELi64ELi64").
+# Compute: the first launch whose mangled name matches KERNEL_REGEX,
+# e.g. "KsFactorFusedKernelIfNS2_4TileILi4ELi64ELi64" (FP32 j4m64n64) or "TcTileILi32ELi32ELi32ELi32EE".
 # Usage: scripts/gpu-host-profile.sh OUT_DIR "a,b,c,d" DTYPE KERNEL_REGEX [BATCH]
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -9,9 +9,9 @@
 // A warp works on one j (where a j's tile has 32 threads or more), as 4 × 8 threads of TM × TN,
 // so its operand reads are few distinct float4s that shared memory broadcasts; a thread's TM
 // rows (TN columns) are float4 runs kThreadsM·4 (kThreadsN·4) apart, so the eight threads of a
-// quarter warp read one contiguous 128-byte run. A shared tile is
-// [k][jj][row] with 4 floats of padding per k, so a warp's transposed stores (rows × k) land in
-// distinct banks. The finished tile goes through shared memory once more so y is written in whole runs.
+// quarter warp read one contiguous 128-byte run. A shared tile is [k][jj][row] with 4 floats of
+// padding per k, so a warp's transposed stores (rows × k) land in distinct banks. The finished
+// tile goes through shared memory once more so y is written in whole runs.
 // Blocks run in the order of block_order.h, so the ones that share x or w meet in L2. Any
 // pattern and batch: every edge is predicated, out-of-range operands are 0.
 #include <algorithm>
@@ -38,7 +38,7 @@ struct Tile {
   // The output tile, staged as [m][jj][r]: the pitch keeps a warp's reads of consecutive
   // (r, jj) in distinct banks for JT up to 4.
   static constexpr int kYPitch = BN + 8;
-  static constexpr int kSharedFloats = 2 * kStepFloats > BM* JT* kYPitch ? 2 * kStepFloats : BM* JT* kYPitch;
+  static constexpr int kSharedFloats = std::max(2 * kStepFloats, BM * JT * kYPitch);
   static constexpr int kSharedBytes = 4 * kSharedFloats;
   static_assert(TM % 4 == 0 && TN % 4 == 0, "micro-tiles are read as float4");
   static_assert(BM % TM == 0 && BN % TN == 0);
@@ -47,7 +47,8 @@ struct Tile {
 
 template <typename T, typename TileT, int kVec>
 // Two blocks per SM: 128 registers per thread at most.
-__global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads) KsFactorFusedKernel(KsFactorParams p, BlockGrid grid) {
+__global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
+    KsFactorFusedKernel(KsFactorParams p, BlockGrid grid) {
   constexpr int JT = TileT::JT, BM = TileT::BM, BN = TileT::BN, BK = TileT::BK, TM = TileT::TM,
                 TN = TileT::TN;
   constexpr int kXPitch = TileT::kXPitch, kWPitch = TileT::kWPitch;
