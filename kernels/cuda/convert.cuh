@@ -1,6 +1,7 @@
 // Storage type <-> FP32 in device code, shared by the .cu files.
 #pragma once
 
+#include <cuda_runtime_api.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -33,6 +34,21 @@ auto WithStorageType(DType dtype, Fn&& fn) {
       break;
   }
   return fn(float{});
+}
+
+// Calls fn(T{}) with T the 16-bit storage type of `dtype` and returns its cudaError_t; FP32 is
+// cudaErrorInvalidValue, as strict FP32 never runs on the tensor-core kernels.
+template <typename Fn>
+cudaError_t With16BitStorageType(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::kBFloat16:
+      return fn(__nv_bfloat16{});
+    case DType::kFloat16:
+      return fn(__half{});
+    case DType::kFloat32:
+      break;
+  }
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace ksserve::kernels::cuda

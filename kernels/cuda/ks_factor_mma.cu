@@ -174,18 +174,9 @@ cudaError_t Launch(const KsFactorParams& p, cudaStream_t stream) {
         KsFactorMmaKernel<T, TileT, 1><<<grid, TileT::kThreads, 0, stream>>>(p, block_grid);
         break;
     }
+    return cudaGetLastError();
   };
-  switch (p.dtype) {
-    case DType::kBFloat16:
-      launch(__nv_bfloat16{});
-      break;
-    case DType::kFloat16:
-      launch(__half{});
-      break;
-    case DType::kFloat32:
-      return cudaErrorInvalidValue;  // strict FP32 never runs on tensor cores
-  }
-  return cudaGetLastError();
+  return With16BitStorageType(p.dtype, launch);
 }
 
 }  // namespace

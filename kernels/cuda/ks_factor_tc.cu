@@ -328,16 +328,8 @@ cudaError_t LaunchTc(const KsFactorParams& p, cudaStream_t stream, bool* ran) {
 
 template <typename TileT>
 cudaError_t LaunchTcTile(const KsFactorParams& p, cudaStream_t stream, bool* ran) {
-  switch (p.dtype) {
-    case DType::kBFloat16:
-      return LaunchTc<__nv_bfloat16, TileT>(p, stream, ran);
-    case DType::kFloat16:
-      return LaunchTc<__half, TileT>(p, stream, ran);
-    case DType::kFloat32:
-      break;
-  }
-  *ran = true;
-  return cudaErrorInvalidValue;  // strict FP32 never runs on tensor cores
+  *ran = true;  // FP32 is an error, not a layout for the fallback
+  return With16BitStorageType(p.dtype, [&](auto zero) { return LaunchTc<decltype(zero), TileT>(p, stream, ran); });
 }
 
 }  // namespace

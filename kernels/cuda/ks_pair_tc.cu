@@ -241,15 +241,7 @@ cudaError_t LaunchKsPairTc(const KsPairArgs& params, int block_rows, cudaStream_
     using T = decltype(zero);
     return block_rows == 128 ? Launch<T, 128>(params, stream) : Launch<T, 64>(params, stream);
   };
-  switch (params.dtype) {
-    case DType::kBFloat16:
-      return launch(__nv_bfloat16{});
-    case DType::kFloat16:
-      return launch(__half{});
-    case DType::kFloat32:
-      break;
-  }
-  return cudaErrorInvalidValue;
+  return With16BitStorageType(params.dtype, launch);
 }
 
 }  // namespace ksserve::kernels::cuda
