@@ -157,12 +157,12 @@ class Case {
  private:
   double Check(const KsKernelChoice& choice) {
     const int64_t size = kernels::DTypeSize(dtype_), out = pattern_.out_features();
-    const int64_t packed_bytes = *kernels::PackedWeightBytes(choice.algorithm, pattern_, dtype_);
+    const int64_t packed_bytes = *kernels::PackedWeightBytes(choice, pattern_, dtype_);
     const int64_t workspace_bytes = *kernels::FactorWorkspaceBytes(choice.algorithm, pattern_, batch_, dtype_);
     DeviceBuffer packed = TryAllocate(packed_bytes), workspace = TryAllocate(workspace_bytes);
     if (!packed || !workspace) return NAN;
     CheckCuda(cudaMemsetAsync(y_.get(), 0xff, batch_ * out * size, stream_), "poison y");  // NaN in every dtype
-    if (!kernels::PackWeightsCuda(choice.algorithm, pattern_, dtype_, w_.get(), packed.get(), stream_).ok() ||
+    if (!kernels::PackWeightsCuda(choice, pattern_, dtype_, w_.get(), packed.get(), stream_).ok() ||
         !kernels::KsFactorForwardCuda(Params(), choice, packed.get(), workspace.get(), stream_).ok()) {
       return NAN;
     }

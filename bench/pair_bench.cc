@@ -43,13 +43,13 @@ struct FactorCall {
   DeviceBuffer packed, workspace;
 
   bool Prepare(cudaStream_t stream) {
-    const int64_t packed_bytes = *kernels::PackedWeightBytes(choice.algorithm, params.pattern, params.dtype);
+    const int64_t packed_bytes = *kernels::PackedWeightBytes(choice, params.pattern, params.dtype);
     const int64_t workspace_bytes =
         *kernels::FactorWorkspaceBytes(choice.algorithm, params.pattern, params.batch, params.dtype);
     packed = TryAllocate(packed_bytes);
     workspace = TryAllocate(workspace_bytes);
     return packed && workspace &&
-           kernels::PackWeightsCuda(choice.algorithm, params.pattern, params.dtype, params.w, packed.get(), stream)
+           kernels::PackWeightsCuda(choice, params.pattern, params.dtype, params.w, packed.get(), stream)
                .ok();
   }
   void Run(cudaStream_t stream) const {

@@ -58,7 +58,7 @@ using Event = std::unique_ptr<CUevent_st, EventDeleter>;
 
 absl::StatusOr<double> TimeOne(const KsFactorParams& params, const KsKernelChoice& choice,
                                const KsTuneOptions& options, void* l2_flush, CudaStream stream) {
-  absl::StatusOr<int64_t> packed_bytes = PackedWeightBytes(choice.algorithm, params.pattern, params.dtype);
+  absl::StatusOr<int64_t> packed_bytes = PackedWeightBytes(choice, params.pattern, params.dtype);
   if (!packed_bytes.ok()) return packed_bytes.status();
   absl::StatusOr<int64_t> workspace_bytes =
       FactorWorkspaceBytes(choice.algorithm, params.pattern, params.batch, params.dtype);
@@ -68,7 +68,7 @@ absl::StatusOr<double> TimeOne(const KsFactorParams& params, const KsKernelChoic
   absl::StatusOr<DeviceBuffer> workspace = Allocate(*workspace_bytes);
   if (!workspace.ok()) return workspace.status();
   if (absl::Status s =
-          PackWeightsCuda(choice.algorithm, params.pattern, params.dtype, params.w, packed->get(), stream);
+          PackWeightsCuda(choice, params.pattern, params.dtype, params.w, packed->get(), stream);
       !s.ok()) {
     return s;
   }
@@ -122,6 +122,8 @@ std::vector<KsKernelChoice> KernelCandidates(const KsPattern& pattern, DType dty
   std::vector<KsKernelChoice> candidates;
   for (FusedTile tile : kAllFusedTiles) {
     if (FusedTileUsesTensorCores(tile) && dtype == DType::kFloat32) continue;
+    // Elsewhere the pipelined FP32 tile runs as its register-staged twin: a repeat.
+    if (tile == FusedTile::kJ4M64N64Async && (dtype != DType::kFloat32 || pattern.d % 4 != 0)) continue;
     // A j group wider than d leaves lanes idle; such tiles never win and cost tuning time. The
     // rule's tile is always tried.
     if (FusedTileJ(tile) <= std::max<int64_t>(pattern.d, 1) || tile == DefaultFusedTile(pattern, 1, dtype) ||
@@ -130,7 +132,7 @@ std::vector<KsKernelChoice> KernelCandidates(const KsPattern& pattern, DType dty
     }
   }
   candidates.push_back({.algorithm = KsAlgorithm::kBmm});
-  absl::StatusOr<int64_t> dense_bytes = PackedWeightBytes(KsAlgorithm::kDense, pattern, dtype);
+  absl::StatusOr<int64_t> dense_bytes = PackedWeightBytes({.algorithm = KsAlgorithm::kDense}, pattern, dtype);
   if (dense_bytes.ok() && *dense_bytes <= options.max_dense_weight_bytes) {
     candidates.push_back({.algorithm = KsAlgorithm::kDense});
   }

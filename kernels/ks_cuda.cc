@@ -154,13 +154,13 @@ absl::Status RunBmm(const KsFactorParams& p, const void* grouped_w, void* worksp
 
 }  // namespace
 
-absl::Status PackWeightsCuda(KsAlgorithm algorithm, const KsPattern& pattern, DType dtype, const void* w, void* packed,
-                             CudaStream stream) {
-  absl::StatusOr<int64_t> bytes = PackedWeightBytes(algorithm, pattern, dtype);
+absl::Status PackWeightsCuda(const KsKernelChoice& choice, const KsPattern& pattern, DType dtype, const void* w,
+                             void* packed, CudaStream stream) {
+  absl::StatusOr<int64_t> bytes = PackedWeightBytes(choice, pattern, dtype);
   if (!bytes.ok()) return bytes.status();
   if (*bytes == 0) return absl::OkStatus();
   if (w == nullptr || packed == nullptr) return absl::InvalidArgumentError("w and packed must be non-null");
-  if (algorithm == KsAlgorithm::kDense) {
+  if (choice.algorithm == KsAlgorithm::kDense) {
     return CudaStatus(cuda::LaunchDensify(w, packed, pattern, dtype, stream), "densify weights");
   }
   return CudaStatus(cuda::LaunchPackGrouped(w, packed, pattern, dtype, stream), "pack grouped weights");
@@ -178,7 +178,7 @@ absl::Status KsFactorForwardCuda(const KsFactorParams& params, const KsKernelCho
         return absl::InvalidArgumentError(absl::StrFormat(
             "%s runs on tensor cores and takes bfloat16 or float16; float32 is strict", KernelChoiceName(choice)));
       }
-      return CudaStatus(cuda::LaunchKsFactorFused(params, choice.tile, stream), "KS fused kernel launch");
+      return CudaStatus(cuda::LaunchKsFactorFused(params, choice.tile, packed_w, stream), "KS fused kernel launch");
     case KsAlgorithm::kDense:
       if (absl::Status s = CublasSizes(params, choice.algorithm); !s.ok()) return s;
       return RunDense(params, packed_w, stream);

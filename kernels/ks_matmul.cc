@@ -239,6 +239,7 @@ int FusedTileJ(FusedTile tile) {
     case FusedTile::kJ2M128N64:
       return 2;
     case FusedTile::kJ4M64N64:
+    case FusedTile::kJ4M64N64Async:
     case FusedTile::kMmaJ4M64N64:
       return 4;
     case FusedTile::kJ8M32N32:
@@ -264,12 +265,8 @@ int FusedTileJ(FusedTile tile) {
   return 1;
 }
 
-bool FusedTileUsesTensorCores(FusedTile tile) {
+bool FusedTileReadsPackedWeights(FusedTile tile) {
   switch (tile) {
-    case FusedTile::kMmaJ1M128N64:
-    case FusedTile::kMmaJ1M128N128:
-    case FusedTile::kMmaJ4M64N64:
-    case FusedTile::kMmaJ8M32N32:
     case FusedTile::kTcM128N128:
     case FusedTile::kTcM128N64:
     case FusedTile::kTcM64N64:
@@ -278,6 +275,18 @@ bool FusedTileUsesTensorCores(FusedTile tile) {
       return true;
     default:
       return false;
+  }
+}
+
+bool FusedTileUsesTensorCores(FusedTile tile) {
+  switch (tile) {
+    case FusedTile::kMmaJ1M128N64:
+    case FusedTile::kMmaJ1M128N128:
+    case FusedTile::kMmaJ4M64N64:
+    case FusedTile::kMmaJ8M32N32:
+      return true;
+    default:
+      return FusedTileReadsPackedWeights(tile);  // the pipelined tensor-core tiles
   }
 }
 
@@ -295,6 +304,8 @@ std::string FusedTileName(FusedTile tile) {
       return "j2m128n64";
     case FusedTile::kJ4M64N64:
       return "j4m64n64";
+    case FusedTile::kJ4M64N64Async:
+      return "j4m64n64-async";
     case FusedTile::kJ8M32N32:
       return "j8m32n32";
     case FusedTile::kJ16M16N16:
@@ -350,9 +361,13 @@ absl::StatusOr<KsKernelChoice> ParseKernelChoice(std::string_view name) {
   return absl::InvalidArgumentError(absl::StrFormat("unknown KS kernel '%s'", name));
 }
 
-absl::StatusOr<int64_t> PackedWeightBytes(KsAlgorithm algorithm, const KsPattern& pattern, DType dtype) {
+absl::StatusOr<int64_t> PackedWeightBytes(const KsKernelChoice& choice, const KsPattern& pattern, DType dtype) {
   if (absl::Status s = ValidatePattern(pattern); !s.ok()) return s;
-  switch (algorithm) {
+  int64_t grouped_bytes = 0;
+  if (MulOverflows(pattern.nonzeros(), DTypeSize(dtype), &grouped_bytes)) {
+    return absl::InvalidArgumentError("grouped weights overflow 64-bit sizes");
+  }
+  switch (choice.algorithm) {
     case KsAlgorithm::kDense: {
       int64_t elements = 0, bytes = 0;
       if (MulOverflows(pattern.in_features(), pattern.out_features(), &elements) ||
@@ -361,15 +376,13 @@ absl::StatusOr<int64_t> PackedWeightBytes(KsAlgorithm algorithm, const KsPattern
       }
       return bytes;
     }
-    case KsAlgorithm::kBmm: {
-      int64_t bytes = 0;
-      if (MulOverflows(pattern.nonzeros(), DTypeSize(dtype), &bytes)) {
-        return absl::InvalidArgumentError("grouped weights overflow 64-bit sizes");
-      }
-      return pattern.d == 1 ? 0 : bytes;
-    }
-    case KsAlgorithm::kNaive:
+    case KsAlgorithm::kBmm:
+      return pattern.d == 1 ? 0 : grouped_bytes;
     case KsAlgorithm::kFused:
+      // Grouped [(i·d + j)][r][s]: k-contiguous per j, as the tensor cores read it.
+      return FusedTileReadsPackedWeights(choice.tile) && dtype != DType::kFloat32 && pattern.d > 1 ? grouped_bytes
+                                                                                                   : 0;
+    case KsAlgorithm::kNaive:
       return 0;
   }
   return absl::InvalidArgumentError("unknown algorithm");
@@ -436,7 +449,9 @@ namespace {
 absl::Status NoCuda() { return absl::FailedPreconditionError("ksserve was built without CUDA (preset 'cpu')"); }
 }  // namespace
 
-absl::Status PackWeightsCuda(KsAlgorithm, const KsPattern&, DType, const void*, void*, CudaStream) { return NoCuda(); }
+absl::Status PackWeightsCuda(const KsKernelChoice&, const KsPattern&, DType, const void*, void*, CudaStream) {
+  return NoCuda();
+}
 
 absl::Status PackFusedPairWeightsCuda(absl::Span<const KsPattern> chain, DType dtype, const void*, void*,
                                       CudaStream) {

@@ -52,16 +52,21 @@ bool FusedTileUsesTensorCores(FusedTile tile);
 std::string KernelChoiceName(const KsKernelChoice& choice);
 absl::StatusOr<KsKernelChoice> ParseKernelChoice(std::string_view name);
 
-// Two-phase use of an explicit algorithm: at load time, convert the interchange weights once into
-// the layout the algorithm reads (PackedWeightBytes == 0: it reads them in place); per call, pass
-// both and a workspace of FactorWorkspaceBytes (same device).
-absl::StatusOr<int64_t> PackedWeightBytes(KsAlgorithm algorithm, const KsPattern& pattern, DType dtype);
+// Whether a fused tile reads weights packed at load time (the pipelined tensor-core tiles, d > 1).
+bool FusedTileReadsPackedWeights(FusedTile tile);
+
+// Two-phase use of an explicit kernel: at load time, convert the interchange weights once into
+// the layout it reads (PackedWeightBytes == 0: it reads them in place); per call, pass both and a
+// workspace of FactorWorkspaceBytes (same device). The fused tiles also run without their packed
+// weights (null), only slower.
+absl::StatusOr<int64_t> PackedWeightBytes(const KsKernelChoice& choice, const KsPattern& pattern,
+                                          DType dtype);
 absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsPattern& pattern, int64_t batch,
                                              DType dtype);
 // Where the bmm algorithm's grouped output starts in its workspace (after grouped x, 256-aligned).
 int64_t BmmOutputOffset(int64_t batch, const KsPattern& pattern, DType dtype);
-absl::Status PackWeightsCuda(KsAlgorithm algorithm, const KsPattern& pattern, DType dtype, const void* w,
-                             void* packed, CudaStream stream);
+absl::Status PackWeightsCuda(const KsKernelChoice& choice, const KsPattern& pattern, DType dtype,
+                             const void* w, void* packed, CudaStream stream);
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, const KsKernelChoice& choice, const void* packed_w,
                                  void* workspace, CudaStream stream);
 

@@ -60,6 +60,7 @@ enum class FusedTile : uint8_t {
   kJ1M128N64,
   kJ2M128N64,
   kJ4M64N64,
+  kJ4M64N64Async,  // the same with a cp.async pipeline (FP32 with d a multiple of 4; else kJ4M64N64)
   kJ8M32N32,
   kJ16M16N16,
   kJ32M16N8,
@@ -72,6 +73,8 @@ enum class FusedTile : uint8_t {
   // at launch from d (1 when d = 1; else the widest power of two up to 8, within the tile's warps,
   // that divides d, 2 only when d = 2). Where none fits (d = 3, 6, odd d), c is not a multiple of
   // 8 or pointers are not aligned to the copies, the register-staged mma tile runs instead.
+  // With d > 1 they read weights packed k-contiguous per j (PackedWeightBytes), or transpose them
+  // in shared memory where none are given.
   kTcM128N128,
   kTcM128N64,
   kTcM64N64,
@@ -79,11 +82,11 @@ enum class FusedTile : uint8_t {
   kTcM32N32,
 };
 inline constexpr FusedTile kAllFusedTiles[] = {
-    FusedTile::kJ1M16N64,     FusedTile::kJ1M128N128,    FusedTile::kJ1M128N64,   FusedTile::kJ2M128N64,
-    FusedTile::kJ4M64N64,     FusedTile::kJ8M32N32,      FusedTile::kJ16M16N16,   FusedTile::kJ32M16N8,
-    FusedTile::kMmaJ1M128N64, FusedTile::kMmaJ1M128N128, FusedTile::kMmaJ4M64N64, FusedTile::kMmaJ8M32N32,
-    FusedTile::kTcM128N128,   FusedTile::kTcM128N64,     FusedTile::kTcM64N64,    FusedTile::kTcM64N32,
-    FusedTile::kTcM32N32};
+    FusedTile::kJ1M16N64,      FusedTile::kJ1M128N128,   FusedTile::kJ1M128N64,     FusedTile::kJ2M128N64,
+    FusedTile::kJ4M64N64,      FusedTile::kJ4M64N64Async, FusedTile::kJ8M32N32,     FusedTile::kJ16M16N16,
+    FusedTile::kJ32M16N8,      FusedTile::kMmaJ1M128N64, FusedTile::kMmaJ1M128N128, FusedTile::kMmaJ4M64N64,
+    FusedTile::kMmaJ8M32N32,   FusedTile::kTcM128N128,   FusedTile::kTcM128N64,     FusedTile::kTcM64N64,
+    FusedTile::kTcM64N32,      FusedTile::kTcM32N32};
 
 // The register-staged tensor-core tile for a pattern: the rule's choice where the pipelined tiles
 // cannot run, and what those tiles hand such layouts to.

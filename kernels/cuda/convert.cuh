@@ -5,6 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
 #include "kernels/ks_params.h"
 
 namespace ksserve::kernels::cuda {
@@ -49,6 +51,19 @@ cudaError_t With16BitStorageType(DType dtype, Fn&& fn) {
       break;
   }
   return cudaErrorInvalidValue;
+}
+
+// Calls fn(std::integral_constant<int, V>{}) for the run-time vector width V = vec when it is 8
+// (up to kMaxVec), 4 or 2, else V = 1: kernels instantiate one store loop per width.
+template <int kMaxVec, typename Fn>
+__device__ __forceinline__ void WithVectorWidth(int vec, Fn&& fn) {
+  static_assert(kMaxVec == 4 || kMaxVec == 8);
+  if constexpr (kMaxVec == 8) {
+    if (vec == 8) return fn(std::integral_constant<int, 8>{});
+  }
+  if (vec == 4) return fn(std::integral_constant<int, 4>{});
+  if (vec == 2) return fn(std::integral_constant<int, 2>{});
+  fn(std::integral_constant<int, 1>{});
 }
 
 }  // namespace ksserve::kernels::cuda

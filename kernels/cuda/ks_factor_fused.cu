@@ -11,7 +11,9 @@
 // rows (TN columns) are float4 runs kThreadsM·4 (kThreadsN·4) apart, so the eight threads of a
 // quarter warp read one contiguous 128-byte run. A shared tile is [k][jj][row] with 4 floats of
 // padding per k, so a warp's transposed stores (rows × k) land in distinct banks. The finished
-// tile goes through shared memory once more so y is written in whole runs.
+// tile goes through shared memory once more so y is written in whole runs, as vectors where the
+// runs allow. A variant of the 4-j tile keeps four steps of x and w in flight with cp.async
+// (FP32, d a multiple of 4), for patterns that wait on memory.
 // Blocks run in the order of block_order.h, so the ones that share x or w meet in L2. Any
 // pattern and batch: every edge is predicated, out-of-range operands are 0.
 #include <algorithm>
@@ -19,6 +21,7 @@
 #include "kernels/block_order.h"
 #include "kernels/cuda/convert.cuh"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/tile_stage.cuh"
 #include "kernels/epilogue.h"
 
@@ -45,10 +48,59 @@ struct Tile {
   static_assert(kThreads <= 256);
 };
 
+// Writes a finished FP32 tile staged as [m][jj][r] (pitch y_pitch) to y, which points at the
+// tile's first element: element f = rr·JT + jo of row m goes to y[m·out + rr·d + jo]. With
+// y_vec > 1 the host found that many consecutive f contiguous and aligned in y (runs of (r, j)
+// when JT = d, of j when JT divides d: whole j groups, only r runs out).
+template <typename T, int BM, int BN, int JT, int kThreads>
+__device__ __forceinline__ void WriteTile(const float* y_tile, int y_pitch, T* y, int64_t out, int64_t d,
+                                          int rows_valid, int r_valid, int j_valid, int y_vec) {
+  const auto store = [&](auto vec_constant) {
+    constexpr int kYVec = decltype(vec_constant)::value;
+    constexpr int kVectorsPerRow = BN * JT / kYVec;
+#pragma unroll 1
+    for (int e = threadIdx.x; e < BM * kVectorsPerRow; e += kThreads) {
+      const int m = e / kVectorsPerRow, f = (e % kVectorsPerRow) * kYVec;
+      if (m >= rows_valid) continue;
+      if constexpr (kYVec == 1) {
+        const int rr = f / JT, jo = f % JT;
+        if (rr < r_valid && jo < j_valid)
+          y[m * out + rr * d + jo] = FromFloat<T>(y_tile[(m * JT + jo) * y_pitch + rr]);
+      } else {
+        float v[kYVec];
+        if constexpr (JT == 1) {  // kYVec consecutive r of one j: one shared-memory vector
+          static_assert(kYVec == 2 || kYVec == 4);
+          if constexpr (kYVec == 4) {
+            *reinterpret_cast<float4*>(v) = *reinterpret_cast<const float4*>(y_tile + m * y_pitch + f);
+          } else {
+            *reinterpret_cast<float2*>(v) = *reinterpret_cast<const float2*>(y_tile + m * y_pitch + f);
+          }
+        } else {
+#pragma unroll
+          for (int q = 0; q < kYVec; ++q) v[q] = y_tile[(m * JT + (f + q) % JT) * y_pitch + (f + q) / JT];
+        }
+        T* const target = y + m * out + (f / JT) * d + f % JT;
+        if ((f + kYVec - 1) / JT < r_valid) {
+          Vector<T, kYVec> packed;
+#pragma unroll
+          for (int q = 0; q < kYVec; ++q) packed.v[q] = FromFloat<T>(v[q]);
+          *reinterpret_cast<Vector<T, kYVec>*>(target) = packed;
+        } else {
+#pragma unroll
+          for (int q = 0; q < kYVec; ++q) {
+            if ((f + q) / JT < r_valid) target[q] = FromFloat<T>(v[q]);
+          }
+        }
+      }
+    }
+  };
+  WithVectorWidth<4>(y_vec, store);
+}
+
 template <typename T, typename TileT, int kVec>
 // Two blocks per SM: 128 registers per thread at most.
 __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
-    KsFactorFusedKernel(KsFactorParams p, BlockGrid grid) {
+    KsFactorFusedKernel(KsFactorParams p, BlockGrid grid, int y_vec) {
   constexpr int JT = TileT::JT, BM = TileT::BM, BN = TileT::BN, BK = TileT::BK, TM = TileT::TM,
                 TN = TileT::TN;
   constexpr int kXPitch = TileT::kXPitch, kWPitch = TileT::kWPitch;
@@ -155,17 +207,141 @@ __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
   }
   __syncthreads();
 
-  const int rows_valid = static_cast<int>(min(p.batch - n0, int64_t{BM}));
-  const int r_valid = static_cast<int>(min(b - r0, int64_t{BN}));
-  const int j_valid = static_cast<int>(min(d - j0, int64_t{JT}));
-  T* const y = static_cast<T*>(p.y) + n0 * out + (i * b + r0) * d + j0;
-  for (int e = threadIdx.x; e < BM * BN * JT; e += TileT::kThreads) {
-    const int m = e / (BN * JT), f = e % (BN * JT);
-    const int rr = f / JT, jo = f % JT;
-    if (m < rows_valid && rr < r_valid && jo < j_valid) {
-      y[m * out + rr * d + jo] = FromFloat<T>(y_tile[(m * JT + jo) * kYPitch + rr]);
+  WriteTile<T, BM, BN, JT, TileT::kThreads>(
+      y_tile, kYPitch, static_cast<T*>(p.y) + n0 * out + (i * b + r0) * d + j0, out, d,
+      static_cast<int>(min(p.batch - n0, int64_t{BM})), static_cast<int>(min(b - r0, int64_t{BN})),
+      static_cast<int>(min(d - j0, int64_t{JT})), y_vec);
+}
+
+// The same tile with a cp.async pipeline (FP32, 16-byte chunks of 4 values along the flattened
+// (s, j) index of a row): kAsyncStages − 1 steps of x and w in flight in shared memory instead of
+// one step in registers, for patterns that wait on memory. Chunks land as in memory, [row][k·JT
+// + jj] with 4 floats of padding, so a thread reads its operands one by one: row tm + kThreadsM·q
+// and column tn + kThreadsN·q, which for a warp's 4 × 8 threads fall in distinct banks.
+constexpr int kAsyncStages = 4;
+
+template <typename TileT>
+struct AsyncLayout {
+  static constexpr int kPitch = TileT::BK * TileT::JT + 4;  // floats per landed row
+  static constexpr int kStageFloats = (TileT::BM + TileT::BN) * kPitch;
+  static constexpr int kYPitch = TileT::BN + 2;  // staged [m][jj][r]: rows tm·JT apart in distinct banks
+  static constexpr int kSharedBytes =
+      4 * std::max(kAsyncStages * kStageFloats, TileT::BM * TileT::JT * kYPitch);
+  static_assert(TileT::kWarpBlocks && TileT::JT % 4 == 0, "4 j per chunk; warps of 4 × 8 threads");
+};
+
+template <typename TileT>
+__global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
+    KsFactorFusedAsyncKernel(KsFactorParams p, BlockGrid grid, int y_vec) {
+  constexpr int JT = TileT::JT, BM = TileT::BM, BN = TileT::BN, BK = TileT::BK, TM = TileT::TM,
+                TN = TileT::TN;
+  constexpr int kPitch = AsyncLayout<TileT>::kPitch, kRows = BM + BN;
+  constexpr int kChunksPerRow = BK * JT / 4, kChunks = kRows * kChunksPerRow;
+  extern __shared__ __align__(16) float shared_floats[];
+
+  const int64_t b = p.pattern.b, c = p.pattern.c, d = p.pattern.d;
+  const int64_t in = p.pattern.in_features(), out = p.pattern.out_features();
+  const BlockCoords block = DecodeBlock(grid, blockIdx.x);
+  const int64_t i = block.i, j0 = block.jg * JT, r0 = block.rt * BN, n0 = block.nt * BM;
+  const float* const x_rows = static_cast<const float*>(p.x) + n0 * in + i * c * d + j0;
+  const float* const w_rows = static_cast<const float*>(p.w) + (i * b + r0) * c * d + j0;
+  const int rows_x = static_cast<int>(min(p.batch - n0, int64_t{BM}));
+  const int rows_w = static_cast<int>(min(b - r0, int64_t{BN}));
+  const int steps = static_cast<int>((c + BK - 1) / BK);
+
+  // Chunk f of a row holds flat (k, jj) = (f / JT, f % JT) .. +3: 4 j of one s (JT a multiple of
+  // 4 dividing d). Rows beyond the batch or b, and s beyond c, are zero-filled.
+  const auto load_step = [&](int step, int buffer) {
+    float* const stage = shared_floats + buffer * AsyncLayout<TileT>::kStageFloats;
+    const int64_t s0 = int64_t{step} * BK;
+#pragma unroll
+    for (int l = 0; l < (kChunks + TileT::kThreads - 1) / TileT::kThreads; ++l) {
+      const int e = threadIdx.x + l * TileT::kThreads;
+      if (kChunks % TileT::kThreads != 0 && e >= kChunks) break;
+      const int row = e / kChunksPerRow, f = (e % kChunksPerRow) * 4;
+      const int k = f / JT, jj = f % JT;
+      const bool is_x = row < BM;
+      const int tile_row = is_x ? row : row - BM;
+      const bool valid = tile_row < (is_x ? rows_x : rows_w) && s0 + k < c;
+      const float* const source =
+          (is_x ? x_rows + tile_row * in : w_rows + tile_row * c * d) + (s0 + k) * d + jj;
+      CpAsync<16>(stage + row * kPitch + f, valid ? source : x_rows, valid);
+    }
+  };
+#pragma unroll
+  for (int st = 0; st < kAsyncStages - 1; ++st) {
+    if (st < steps) load_step(st, st);
+    CpAsyncCommit();
+  }
+
+  const int jj = threadIdx.x / TileT::kThreadsPerJ;
+  const int within = threadIdx.x % TileT::kThreadsPerJ;
+  const int warp = within / 32, lane = within % 32;
+  const int tn = (warp % (TileT::kThreadsN / 8)) * 8 + lane % 8;
+  const int tm = (warp / (TileT::kThreadsN / 8)) * 4 + lane / 8;
+  float acc[TM][TN] = {};
+
+  int buffer = 0;
+  for (int step = 0; step < steps; ++step) {
+    CpAsyncWait<kAsyncStages - 2>();
+    // This step has landed everywhere, and every warp is done with the buffer the next copy
+    // overwrites (read in the previous iteration).
+    __syncthreads();
+    {
+      int next_buffer = buffer + kAsyncStages - 1;
+      if (next_buffer >= kAsyncStages) next_buffer -= kAsyncStages;
+      if (step + kAsyncStages - 1 < steps) load_step(step + kAsyncStages - 1, next_buffer);
+      CpAsyncCommit();
+    }
+    const float* const xs = shared_floats + buffer * AsyncLayout<TileT>::kStageFloats + tm * kPitch + jj;
+    const float* const ws = xs - tm * kPitch + (BM + tn) * kPitch;
+#pragma unroll
+    for (int k = 0; k < BK; ++k) {
+      float xv[TM], wv[TN];
+#pragma unroll
+      for (int q = 0; q < TM; ++q) xv[q] = xs[q * TileT::kThreadsM * kPitch + k * JT];
+#pragma unroll
+      for (int q = 0; q < TN; ++q) wv[q] = ws[q * TileT::kThreadsN * kPitch + k * JT];
+#pragma unroll
+      for (int m = 0; m < TM; ++m) {
+#pragma unroll
+        for (int n = 0; n < TN; ++n) acc[m][n] = fmaf(xv[m], wv[n], acc[m][n]);
+      }
+    }
+    if (++buffer == kAsyncStages) buffer = 0;
+  }
+  CpAsyncWait<0>();
+  __syncthreads();  // the pipeline buffers become the output tile
+
+  constexpr int kYPitch = AsyncLayout<TileT>::kYPitch;
+  float* const y_tile = shared_floats;
+  const int64_t j = j0 + jj;
+  const float* const bias = static_cast<const float*>(p.bias);
+#pragma unroll
+  for (int n = 0; n < TN; ++n) {
+    const int rr = tn + n * TileT::kThreadsN;
+    const float bias_value = bias != nullptr && r0 + rr < b ? bias[(i * b + r0 + rr) * d + j] : 0.0f;
+#pragma unroll
+    for (int m = 0; m < TM; ++m) {
+      const int row = tm + m * TileT::kThreadsM;
+      y_tile[(row * JT + jj) * kYPitch + rr] = ApplyActivation(acc[m][n] + bias_value, p.activation);
     }
   }
+  __syncthreads();
+  WriteTile<float, BM, BN, JT, TileT::kThreads>(y_tile, kYPitch,
+                                                static_cast<float*>(p.y) + n0 * out + (i * b + r0) * d + j0,
+                                                out, d, rows_x, rows_w, JT, y_vec);
+}
+
+// Widest store (4, 2 or 1 elements) for which every vector of that many consecutive tile elements
+// (r, j) is one contiguous, aligned run of y: JT = d, or JT dividing d (no partial j group).
+int OutputVectorWidth(const KsFactorParams& p, int jt) {
+  const int64_t b = p.pattern.b, d = p.pattern.d;
+  for (int vec : {4, 2}) {
+    const bool runs = jt == d ? (b * d) % vec == 0 : (d % jt == 0 && jt % vec == 0);
+    if (runs && reinterpret_cast<uintptr_t>(p.y) % (vec * DTypeSize(p.dtype)) == 0) return vec;
+  }
+  return 1;
 }
 
 template <typename TileT>
@@ -176,6 +352,7 @@ cudaError_t Launch(const KsFactorParams& p, cudaStream_t stream) {
   return WithStorageType(p.dtype, [&](auto zero) {
     using T = decltype(zero);
     const unsigned grid = static_cast<unsigned>(block_grid.blocks());
+    const int y_vec = OutputVectorWidth(p, TileT::JT);
     // 16-byte loads where the layout allows (4 FP32 or 8 16-bit values; 4 for 16-bit types in
     // the FP32 kernel keeps the staging registers in check), pairs for the two-j tile.
     const auto launch = [&](auto kernel) {
@@ -183,7 +360,7 @@ cudaError_t Launch(const KsFactorParams& p, cudaStream_t stream) {
           err != cudaSuccess) {
         return err;
       }
-      kernel<<<grid, TileT::kThreads, TileT::kSharedBytes, stream>>>(p, block_grid);
+      kernel<<<grid, TileT::kThreads, TileT::kSharedBytes, stream>>>(p, block_grid, y_vec);
       return cudaGetLastError();
     };
     const int vec = VectorWidth(p, TileT::JT, sizeof(T), 4);
@@ -196,9 +373,30 @@ cudaError_t Launch(const KsFactorParams& p, cudaStream_t stream) {
   });
 }
 
+// The pipelined FP32 tile where x, w and the layout allow 16-byte chunks (see the kernel); the
+// register-staged one otherwise.
+template <typename TileT>
+cudaError_t LaunchAsync(const KsFactorParams& p, cudaStream_t stream) {
+  if (p.dtype != DType::kFloat32 || VectorWidth(p, TileT::JT, 4, 4) != 4 || p.pattern.d % TileT::JT != 0) {
+    return Launch<TileT>(p, stream);
+  }
+  const BlockGrid block_grid = MakeBlockGrid(p.pattern, p.batch, TileT::JT, TileT::BM, TileT::BN, 4);
+  if (block_grid.blocks() > int64_t{0x7fffffff}) return cudaErrorInvalidConfiguration;
+  const auto kernel = KsFactorFusedAsyncKernel<TileT>;
+  constexpr int kSharedBytes = AsyncLayout<TileT>::kSharedBytes;
+  if (cudaError_t err = AllowDynamicShared(reinterpret_cast<const void*>(kernel), kSharedBytes);
+      err != cudaSuccess) {
+    return err;
+  }
+  kernel<<<static_cast<unsigned>(block_grid.blocks()), TileT::kThreads, kSharedBytes, stream>>>(
+      p, block_grid, OutputVectorWidth(p, TileT::JT));
+  return cudaGetLastError();
+}
+
 }  // namespace
 
-cudaError_t LaunchKsFactorFused(const KsFactorParams& params, FusedTile tile, cudaStream_t stream) {
+cudaError_t LaunchKsFactorFused(const KsFactorParams& params, FusedTile tile, const void* packed_w,
+                                cudaStream_t stream) {
   switch (tile) {
     case FusedTile::kJ1M16N64:
       return Launch<Tile<1, 16, 64, 8, 4, 4>>(params, stream);
@@ -210,6 +408,8 @@ cudaError_t LaunchKsFactorFused(const KsFactorParams& params, FusedTile tile, cu
       return Launch<Tile<2, 128, 64, 8, 8, 8>>(params, stream);
     case FusedTile::kJ4M64N64:
       return Launch<Tile<4, 64, 64, 8, 8, 8>>(params, stream);
+    case FusedTile::kJ4M64N64Async:
+      return LaunchAsync<Tile<4, 64, 64, 8, 8, 8>>(params, stream);
     case FusedTile::kJ8M32N32:
       return Launch<Tile<8, 32, 32, 8, 4, 8>>(params, stream);
     case FusedTile::kJ16M16N16:
@@ -219,7 +419,7 @@ cudaError_t LaunchKsFactorFused(const KsFactorParams& params, FusedTile tile, cu
     default:
       break;
   }
-  return LaunchKsFactorFusedMma(params, tile, stream);
+  return LaunchKsFactorFusedMma(params, tile, packed_w, stream);
 }
 
 }  // namespace ksserve::kernels::cuda

@@ -181,7 +181,8 @@ cudaError_t Launch(const KsFactorParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-cudaError_t LaunchKsFactorFusedMma(const KsFactorParams& params, FusedTile tile, cudaStream_t stream) {
+cudaError_t LaunchKsFactorFusedMma(const KsFactorParams& params, FusedTile tile, const void* packed_w,
+                                   cudaStream_t stream) {
   switch (tile) {
     case FusedTile::kMmaJ1M128N64:
       return Launch<MmaTile<1, 128, 64, 32, 64, 32>>(params, stream);
@@ -192,7 +193,7 @@ cudaError_t LaunchKsFactorFusedMma(const KsFactorParams& params, FusedTile tile,
     case FusedTile::kMmaJ8M32N32:
       return Launch<MmaTile<8, 32, 32, 16, 32, 32>>(params, stream);
     default:
-      return LaunchKsFactorTc(params, tile, stream);
+      return LaunchKsFactorTc(params, tile, packed_w, stream);
   }
 }
 

@@ -3,16 +3,19 @@
 //
 // A block owns, for one i, a group of JT consecutive j (from d at launch: 1 when d = 1, else d
 // itself or a power of two dividing it, up to 8), BM batch rows and BN output rows r, and walks
-// s in steps of BK. Both operands are copied global → shared with cp.async, kStages − 1 steps
-// ahead, exactly as they lie in memory: a tile row (batch row n of x, output row r of w) holds
-// the step's BK values of s times JT values of j, s-major (k·JT + jj). That is one contiguous run
-// when JT = d and runs of JT values otherwise, so every copy moves a whole 16-byte chunk (8 bytes
-// for runs of 4). With JT > 1 the block then transposes the landed step in shared memory
-// into a k-contiguous [jj][row][k] tile (8 k × JT j blocks through registers and byte permutes),
-// so every warp loads its fragments with ldmatrix. The finished tile goes through shared memory
-// once more so y is written as whole runs too. Tile shapes are compile-time constants, so the
+// s in steps of BK. Operands are copied global → shared with cp.async, kStages − 1 steps ahead.
+// x is copied exactly as it lies in memory: a tile row (batch row n) holds the step's BK values
+// of s times JT values of j, s-major (k·JT + jj), one contiguous run when JT = d and runs of JT
+// values otherwise, so every copy moves a whole 16-byte chunk (8 bytes for runs of 4). With
+// JT > 1 the block transposes each landed step into a k-contiguous [jj][row][k] tile (8 k × JT
+// j blocks through registers and byte permutes) one step ahead of the tensor cores, into one of
+// two buffers, so a step needs a single barrier. Weights packed at load time as [(i·d + j)][r][s]
+// land k-contiguous and need no transpose; weights read in place are transposed with x. Every
+// warp then loads its fragments with ldmatrix. The finished tile goes through shared memory once
+// more so y is written as whole runs too. Tile shapes are compile-time constants, so the
 // per-copy index arithmetic needs no division at run time.
 #include <algorithm>
+#include <cstdint>
 #include <map>
 #include <mutex>
 #include <type_traits>
@@ -27,8 +30,9 @@
 namespace ksserve::kernels::cuda {
 namespace {
 
-constexpr int kStages = 3;
 constexpr int kMaxThreads = 256;
+constexpr int kSharedPerSm = 228 * 1024;  // sm_90; each resident block also reserves 1 KB
+constexpr int kSharedPerBlock = 227 * 1024;
 
 template <int BM_, int BN_, int WM_, int WN_>
 struct TcTile {
@@ -41,30 +45,39 @@ struct TcTile {
   static_assert(kMaxJ >= 1);
 };
 
-// Everything that follows from the tile, JT and the copy width at compile time.
-template <typename TileT, int JT_, int kChunk_>
+// Everything that follows from the tile, JT, the copy width and the weight layout at compile time.
+template <typename TileT, int JT_, int kChunk_, bool kPackedW_>
 struct TcConfig {
   static constexpr int JT = JT_, kChunk = kChunk_;
-  static constexpr int BM = TileT::BM, BN = TileT::BN, kRows = BM + BN;
+  static constexpr bool kPackedW = kPackedW_ && JT_ > 1;  // with JT = 1 (d = 1) packing is the identity
+  static constexpr int BM = TileT::BM, BN = TileT::BN;
   static constexpr int kThreads = 32 * TileT::kWarpsPerJ * JT;
   static constexpr int BK = JT >= 8 ? 16 : 32;
   // Landed rows: BK·JT values + 16 bytes, so ldmatrix (JT = 1) and the transpose's 16-byte reads
   // of consecutive rows fall in different banks.
   static constexpr int kRawPitch = BK * JT + 8;
-  static constexpr int kStageElements = kRows * kRawPitch;
-  static constexpr int kTPitch = BK + 8;  // the transposed [jj][row][k] tile
-  static constexpr int kTElements = JT > 1 ? JT * kRows * kTPitch : 0;
-  static constexpr int kSharedBytes =
-      2 * (kStages * kStageElements + kTElements > BM * (BN * JT + 8) ? kStages * kStageElements + kTElements
-                                                                      : BM * (BN * JT + 8));
+  static constexpr int kTPitch = BK + 8;                                    // k-contiguous [jj][row][k] tiles
+  static constexpr int kRawRows = kPackedW ? BM : BM + BN;                  // rows landed as in memory
+  static constexpr int kPackedElements = kPackedW ? JT * BN * kTPitch : 0;  // w, landed k-contiguous
+  static constexpr int kStageElements = kRawRows * kRawPitch + kPackedElements;
+  static constexpr int kTRows = JT > 1 ? kRawRows : 0;      // rows the block transposes
+  static constexpr int kTElements = JT * kTRows * kTPitch;  // one of two transposed buffers
+  static constexpr int kYElements = BM * (BN * JT + 8);
+  static constexpr int SharedBytes(int stages) {
+    return 2 * std::max(stages * kStageElements + 2 * kTElements, kYElements);
+  }
   // Two blocks of 8 warps per SM where shared memory allows (registers capped at 128 then); one
-  // block with all the registers it wants otherwise.
-  static constexpr int kMinBlocks = kThreads >= kMaxThreads && 2 * (kSharedBytes + 1024) <= 228 * 1024 ? 2 : 1;
+  // block with all the registers it wants otherwise. Four stages where they fit, else three.
+  static constexpr int kMinBlocks =
+      kThreads >= kMaxThreads && 2 * (SharedBytes(3) + 1024) <= kSharedPerSm ? 2 : 1;
+  static constexpr int kStages = kMinBlocks * (SharedBytes(4) + 1024) <= kSharedPerSm ? 4 : 3;
+  static constexpr int kSharedBytes = SharedBytes(kStages);
   static constexpr int kChunksPerRow = BK * JT / kChunk;
-  static constexpr int kCopies = (kRows * kChunksPerRow + kThreads - 1) / kThreads;
+  static constexpr int kRawCopies = (kRawRows * kChunksPerRow + kThreads - 1) / kThreads;
   static_assert(JT == 1 || JT == 2 || JT == 4 || JT == 8);
   static_assert(JT <= TileT::kMaxJ);
   static_assert(kChunk == 8 || (kChunk == 4 && JT == 4), "16-byte chunks, or runs of 4 values");
+  static_assert(kSharedBytes <= kSharedPerBlock);
 };
 
 // Word w of the 8-k vector of j = jj, from a block of 8 k × JT j stored s-major in `words` (JT
@@ -79,7 +92,8 @@ __device__ __forceinline__ uint32_t TransposedWord(const uint32_t* words) {
 
 // Stores the 8-k vector of every j of the block to out(jj).
 template <int JT, typename Out, int... kJ>
-__device__ __forceinline__ void StoreTransposed(const uint32_t* words, Out out, std::integer_sequence<int, kJ...>) {
+__device__ __forceinline__ void StoreTransposed(const uint32_t* words, Out out,
+                                                std::integer_sequence<int, kJ...>) {
   (out(kJ, make_uint4(TransposedWord<JT, kJ, 0>(words), TransposedWord<JT, kJ, 1>(words),
                       TransposedWord<JT, kJ, 2>(words), TransposedWord<JT, kJ, 3>(words))),
    ...);
@@ -99,18 +113,21 @@ __device__ __forceinline__ void CopyVector(T* dst, const T* src) {
 }
 
 struct TcLaunch {
-  int y_vec = 1;  // elements per output store: 8, 4, 2 or 1
+  const void* packed_w = nullptr;  // [(i·d + j)][r][s] when the config reads packed weights
+  int y_vec = 1;                   // elements per output store: 8, 4, 2 or 1
 };
 
 template <typename T, typename TileT, typename Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     KsFactorTcKernel(KsFactorParams p, BlockGrid grid, TcLaunch launch) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, JT = Cfg::JT, kChunk = Cfg::kChunk;
+  constexpr int kStages = Cfg::kStages, kRawRows = Cfg::kRawRows, kTRows = Cfg::kTRows;
   constexpr int WM = TileT::WM, WN = TileT::WN, kMi = TileT::kMi, kNi = TileT::kNi;
   constexpr int kRawPitch = Cfg::kRawPitch, kTPitch = Cfg::kTPitch;
   extern __shared__ __align__(16) unsigned char shared_bytes[];
-  T* const raw = reinterpret_cast<T*>(shared_bytes);   // [kStages][kRows][kRawPitch]
-  T* const transposed = raw + kStages * Cfg::kStageElements;  // [JT][kRows][kTPitch] (JT > 1)
+  // [kStages][kRawRows][kRawPitch, then packed w as [JT][BN][kTPitch]], then two [JT][kTRows][kTPitch].
+  T* const raw = reinterpret_cast<T*>(shared_bytes);
+  T* const transposed = raw + kStages * Cfg::kStageElements;
 
   const int64_t b = p.pattern.b, c = p.pattern.c, d = p.pattern.d;
   const int64_t in = p.pattern.in_features(), out = p.pattern.out_features(), cd = c * d;
@@ -123,23 +140,60 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
   // Row starts of the tile at s = 0, and the bound a chunk's first s (or, when JT = d, its first
   // flat (s, j) index) must stay under. Rows beyond the batch or b are zero-filled. A chunk never
-  // straddles an edge: c·d, and JT when not whole, are multiples of kChunk.
+  // straddles an edge: c·d, and JT when not whole, are multiples of kChunk; c of 8.
   const T* const x_rows = static_cast<const T*>(p.x) + n0 * in + i * cd + j0;
   const T* const w_rows = static_cast<const T*>(p.w) + (i * b + r0) * cd + j0;
+  const T* const packed_rows = static_cast<const T*>(launch.packed_w) + ((i * d + j0) * b + r0) * c;
   const auto load_step = [&](int step, int buffer) {
-    T* const tile = raw + buffer * Cfg::kStageElements;
+    T* const stage = raw + buffer * Cfg::kStageElements;
     const int64_t s0 = int64_t{step} * BK;
 #pragma unroll
-    for (int l = 0; l < Cfg::kCopies; ++l) {
+    for (int l = 0; l < Cfg::kRawCopies; ++l) {
       const int e = threadIdx.x + l * Cfg::kThreads;
-      if (Cfg::kRows * Cfg::kChunksPerRow % Cfg::kThreads != 0 && e >= Cfg::kRows * Cfg::kChunksPerRow) break;
+      if (kRawRows * Cfg::kChunksPerRow % Cfg::kThreads != 0 && e >= kRawRows * Cfg::kChunksPerRow) break;
       const int row = e / Cfg::kChunksPerRow, f = (e % Cfg::kChunksPerRow) * kChunk;
       const int k = f / JT, jj = f % JT;
       const bool is_x = row < BM;
       const int tile_row = is_x ? row : row - BM;
       const bool valid = tile_row < (is_x ? rows_x : rows_w) && (whole ? s0 * d + f < cd : s0 + k < c);
       const T* const source = (is_x ? x_rows + tile_row * in : w_rows + tile_row * cd) + (s0 + k) * d + jj;
-      CpAsync<kChunk * sizeof(T)>(tile + row * kRawPitch + f, valid ? source : x_rows, valid);
+      CpAsync<kChunk * sizeof(T)>(stage + row * kRawPitch + f, valid ? source : x_rows, valid);
+    }
+    if constexpr (Cfg::kPackedW) {
+      // Runs of 8 s of one (j, r) row, straight into the k-contiguous layout.
+      T* const packed_tile = stage + kRawRows * kRawPitch;
+      constexpr int kChunks = JT * BN * (BK / 8);
+#pragma unroll
+      for (int l = 0; l < (kChunks + Cfg::kThreads - 1) / Cfg::kThreads; ++l) {
+        const int e = threadIdx.x + l * Cfg::kThreads;
+        if (kChunks % Cfg::kThreads != 0 && e >= kChunks) break;
+        const int u = e % (BK / 8), row = (e / (BK / 8)) % BN, jj = e / (BK / 8 * BN);
+        const bool valid = row < rows_w && s0 + u * 8 < c;
+        const T* const source = packed_rows + (jj * b + row) * c + s0 + u * 8;
+        CpAsync<16>(packed_tile + (jj * BN + row) * kTPitch + u * 8, valid ? source : packed_rows, valid);
+      }
+    }
+  };
+  // Units of (row, 8 k): consecutive threads take consecutive rows, whose 16-byte reads and
+  // writes then fall in different banks (both pitches are odd multiples of 16 bytes).
+  const auto transpose_step = [&](int buffer, int t_buffer) {
+    if constexpr (JT > 1) {
+      const T* const stage = raw + buffer * Cfg::kStageElements;
+      T* const t_tile = transposed + t_buffer * Cfg::kTElements;
+      constexpr int kUnits = kTRows * (BK / 8);
+      for (int u = threadIdx.x; u < kUnits; u += Cfg::kThreads) {
+        const int row = u % kTRows, k8 = u / kTRows;
+        uint4 block[JT];
+        const uint4* src = reinterpret_cast<const uint4*>(stage + row * kRawPitch + k8 * 8 * JT);
+#pragma unroll
+        for (int q = 0; q < JT; ++q) block[q] = src[q];
+        StoreTransposed<JT>(
+            reinterpret_cast<const uint32_t*>(block),
+            [&](int q, uint4 v) {
+              *reinterpret_cast<uint4*>(t_tile + (q * kTRows + row) * kTPitch + k8 * 8) = v;
+            },
+            std::make_integer_sequence<int, JT>{});
+      }
     }
   };
 
@@ -147,6 +201,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   for (int st = 0; st < kStages - 1; ++st) {
     if (st < steps) load_step(st, st);
     CpAsyncCommit();
+  }
+  if constexpr (JT > 1) {
+    CpAsyncWait<kStages - 2>();
+    __syncthreads();
+    transpose_step(0, 0);
   }
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -158,9 +217,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
   int buffer = 0;
   for (int step = 0; step < steps; ++step) {
-    CpAsyncWait<kStages - 2>();
-    // This step has landed for every thread, and every warp is done with the buffers the next
-    // copy and the transpose overwrite (read in the previous iteration).
+    // JT = 1: this step has landed. JT > 1: the next one has (this one was transposed in the
+    // previous iteration). After the barrier every warp is also done with the buffers the next
+    // copy and transpose overwrite (read in the previous iteration).
+    if constexpr (JT > 1) {
+      CpAsyncWait<kStages - 3>();
+    } else {
+      CpAsyncWait<kStages - 2>();
+    }
     __syncthreads();
     {
       const int next = step + kStages - 1;
@@ -169,36 +233,29 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       if (next < steps) load_step(next, next_buffer);
       CpAsyncCommit();
     }
-    const T* tile = raw + buffer * Cfg::kStageElements;
-    int pitch = kRawPitch;
+    const T* stage = raw + buffer * Cfg::kStageElements;
+    const T* xs;
+    const T* ws;
+    int pitch = kTPitch;
     if constexpr (JT > 1) {
-      // Units of (row, 8 k): consecutive threads take consecutive rows, whose 16-byte reads and
-      // writes then fall in different banks (both pitches are odd multiples of 16 bytes).
-      constexpr int kUnits = Cfg::kRows * (BK / 8);
-      for (int u = threadIdx.x; u < kUnits; u += Cfg::kThreads) {
-        const int row = u % Cfg::kRows, k8 = u / Cfg::kRows;
-        uint4 block[JT];
-        const uint4* src = reinterpret_cast<const uint4*>(tile + row * kRawPitch + k8 * 8 * JT);
-#pragma unroll
-        for (int q = 0; q < JT; ++q) block[q] = src[q];
-        StoreTransposed<JT>(
-            reinterpret_cast<const uint32_t*>(block),
-            [&](int q, uint4 v) { *reinterpret_cast<uint4*>(transposed + (q * Cfg::kRows + row) * kTPitch + k8 * 8) = v; },
-            std::make_integer_sequence<int, JT>{});
-      }
-      __syncthreads();
-      tile = transposed + jj * Cfg::kRows * kTPitch;
-      pitch = kTPitch;
+      if (step + 1 < steps) transpose_step(buffer + 1 == kStages ? 0 : buffer + 1, (step + 1) & 1);
+      const T* const t_tile = transposed + (step & 1) * Cfg::kTElements + jj * kTRows * kTPitch;
+      xs = t_tile + warp_m * WM * kTPitch;
+      ws = Cfg::kPackedW ? stage + kRawRows * kRawPitch + (jj * BN + warp_n * WN) * kTPitch
+                         : t_tile + (BM + warp_n * WN) * kTPitch;
+    } else {
+      pitch = kRawPitch;
+      xs = stage + warp_m * WM * kRawPitch;
+      ws = stage + (BM + warp_n * WN) * kRawPitch;
     }
-    const T* const xs = tile + warp_m * WM * pitch;
-    const T* const ws = tile + (BM + warp_n * WN) * pitch;
 #pragma unroll
     for (int kk = 0; kk < BK; kk += 16) {
       uint32_t af[kMi][4], bf[kNi][2];
 #pragma unroll
       for (int mi = 0; mi < kMi; ++mi) LoadFragmentA(af[mi], xs + mi * 16 * pitch + kk, pitch, lane);
 #pragma unroll
-      for (int ni = 0; ni < kNi; ni += 2) LoadFragmentsB(bf[ni], bf[ni + 1], ws + ni * 8 * pitch + kk, pitch, lane);
+      for (int ni = 0; ni < kNi; ni += 2)
+        LoadFragmentsB(bf[ni], bf[ni + 1], ws + ni * 8 * pitch + kk, pitch, lane);
 #pragma unroll
       for (int mi = 0; mi < kMi; ++mi) {
 #pragma unroll
@@ -220,7 +277,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     float bias_value[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      if (bias != nullptr && r0 + rr + e < b) bias_value[e] = ToFloat(bias[(i * b + r0 + rr + e) * d + j0 + jj]);
+      if (bias != nullptr && r0 + rr + e < b)
+        bias_value[e] = ToFloat(bias[(i * b + r0 + rr + e) * d + j0 + jj]);
     }
 #pragma unroll
     for (int mi = 0; mi < kMi; ++mi) {
@@ -250,28 +308,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       CopyVector<kVec>(y + (n0 + m) * out + rr * d + f % JT, y_tile + m * kYPitch + f);
     }
   };
-  switch (launch.y_vec) {
-    case 8:
-      store(std::integral_constant<int, 8>{});
-      break;
-    case 4:
-      store(std::integral_constant<int, 4>{});
-      break;
-    case 2:
-      store(std::integral_constant<int, 2>{});
-      break;
-    default:
-      store(std::integral_constant<int, 1>{});
-      break;
-  }
+  WithVectorWidth<8>(launch.y_vec, store);
 }
 
 bool Aligned(const void* ptr, int bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
-template <typename T, typename TileT, int JT, int kChunk>
-cudaError_t LaunchConfig(const KsFactorParams& p, cudaStream_t stream) {
-  using Cfg = TcConfig<TileT, JT, kChunk>;
+template <typename T, typename TileT, int JT, int kChunk, bool kPackedW>
+cudaError_t LaunchConfig(const KsFactorParams& p, const void* packed_w, cudaStream_t stream) {
+  using Cfg = TcConfig<TileT, JT, kChunk, kPackedW>;
   TcLaunch launch;
+  launch.packed_w = packed_w;
   // Output runs: the whole (r, j) row of the tile when JT = d, else JT values.
   for (int vec : {8, 4, 2}) {
     const bool runs = JT == p.pattern.d ? (p.pattern.b * p.pattern.d) % vec == 0 : JT % vec == 0;
@@ -284,11 +330,12 @@ cudaError_t LaunchConfig(const KsFactorParams& p, cudaStream_t stream) {
   const BlockGrid block_grid = MakeBlockGrid(p.pattern, p.batch, JT, Cfg::BM, Cfg::BN, sizeof(T));
   if (block_grid.blocks() > int64_t{0x7fffffff}) return cudaErrorInvalidConfiguration;
   const auto kernel = KsFactorTcKernel<T, TileT, Cfg>;
-  if (cudaError_t err = AllowDynamicShared(reinterpret_cast<const void*>(kernel), shared_bytes); err != cudaSuccess) {
+  if (cudaError_t err = AllowDynamicShared(reinterpret_cast<const void*>(kernel), shared_bytes);
+      err != cudaSuccess) {
     return err;
   }
   kernel<<<static_cast<unsigned>(block_grid.blocks()), Cfg::kThreads, shared_bytes, stream>>>(p, block_grid,
-                                                                                               launch);
+                                                                                              launch);
   return cudaGetLastError();
 }
 
@@ -301,35 +348,48 @@ int ChooseJ(int64_t d, int max_j) {
   return 0;
 }
 
+template <typename T, typename TileT, int JT, int kChunk>
+cudaError_t LaunchLayout(const KsFactorParams& p, const void* packed_w, cudaStream_t stream) {
+  if (JT > 1 && packed_w != nullptr) return LaunchConfig<T, TileT, JT, kChunk, true>(p, packed_w, stream);
+  return LaunchConfig<T, TileT, JT, kChunk, false>(p, nullptr, stream);
+}
+
 template <typename T, typename TileT>
-cudaError_t LaunchTc(const KsFactorParams& p, cudaStream_t stream, bool* ran) {
+cudaError_t LaunchTc(const KsFactorParams& p, const void* packed_w, cudaStream_t stream, bool* ran) {
   *ran = false;
   const KsPattern& k = p.pattern;
   const int jt = ChooseJ(k.d, TileT::kMaxJ);
   if (jt == 0 || k.c % 8 != 0) return cudaSuccess;  // c % 8: whole steps of 16-byte runs along s
   const bool whole = jt == k.d;
   // 16-byte copies need runs of 8 values: JT = d (c·d is then a multiple of 8) or JT = 8. Runs of
-  // 4 (JT = 4 dividing d) copy 8 bytes at a time; shorter runs are left to the fallback.
+  // 4 (JT = 4 dividing d) copy 8 bytes at a time; shorter runs are left to the fallback. Packed
+  // weights are copied in runs of 8 s.
   const int chunk = whole || jt == 8 ? 8 : jt;
   const int chunk_bytes = chunk * static_cast<int>(sizeof(T));
-  if (chunk < 4 || !Aligned(p.x, chunk_bytes) || !Aligned(p.w, chunk_bytes)) return cudaSuccess;
+  if (chunk < 4 || !Aligned(p.x, chunk_bytes)) return cudaSuccess;
+  if (packed_w != nullptr && !Aligned(packed_w, 16)) packed_w = nullptr;
+  if (packed_w == nullptr && !Aligned(p.w, chunk_bytes)) return cudaSuccess;
   *ran = true;
   if constexpr (TileT::kMaxJ >= 8) {
-    if (jt == 8) return LaunchConfig<T, TileT, 8, 8>(p, stream);
+    if (jt == 8) return LaunchLayout<T, TileT, 8, 8>(p, packed_w, stream);
   }
   if constexpr (TileT::kMaxJ >= 4) {
-    if (jt == 4) return chunk == 8 ? LaunchConfig<T, TileT, 4, 8>(p, stream) : LaunchConfig<T, TileT, 4, 4>(p, stream);
+    if (jt == 4) {
+      return chunk == 8 ? LaunchLayout<T, TileT, 4, 8>(p, packed_w, stream)
+                        : LaunchLayout<T, TileT, 4, 4>(p, packed_w, stream);
+    }
   }
   if constexpr (TileT::kMaxJ >= 2) {
-    if (jt == 2) return LaunchConfig<T, TileT, 2, 8>(p, stream);
+    if (jt == 2) return LaunchLayout<T, TileT, 2, 8>(p, packed_w, stream);
   }
-  return LaunchConfig<T, TileT, 1, 8>(p, stream);
+  return LaunchConfig<T, TileT, 1, 8, false>(p, nullptr, stream);
 }
 
 template <typename TileT>
-cudaError_t LaunchTcTile(const KsFactorParams& p, cudaStream_t stream, bool* ran) {
+cudaError_t LaunchTcTile(const KsFactorParams& p, const void* packed_w, cudaStream_t stream, bool* ran) {
   *ran = true;  // FP32 is an error, not a layout for the fallback
-  return With16BitStorageType(p.dtype, [&](auto zero) { return LaunchTc<decltype(zero), TileT>(p, stream, ran); });
+  return With16BitStorageType(
+      p.dtype, [&](auto zero) { return LaunchTc<decltype(zero), TileT>(p, packed_w, stream, ran); });
 }
 
 }  // namespace
@@ -350,24 +410,25 @@ cudaError_t AllowDynamicShared(const void* kernel, int bytes) {
   return cudaSuccess;
 }
 
-cudaError_t LaunchKsFactorTc(const KsFactorParams& params, FusedTile tile, cudaStream_t stream) {
+cudaError_t LaunchKsFactorTc(const KsFactorParams& params, FusedTile tile, const void* packed_w,
+                             cudaStream_t stream) {
   bool ran = false;
   cudaError_t err = cudaErrorInvalidValue;
   switch (tile) {
     case FusedTile::kTcM128N128:
-      err = LaunchTcTile<TcTile<128, 128, 64, 32>>(params, stream, &ran);
+      err = LaunchTcTile<TcTile<128, 128, 64, 32>>(params, packed_w, stream, &ran);
       break;
     case FusedTile::kTcM128N64:
-      err = LaunchTcTile<TcTile<128, 64, 64, 32>>(params, stream, &ran);
+      err = LaunchTcTile<TcTile<128, 64, 64, 32>>(params, packed_w, stream, &ran);
       break;
     case FusedTile::kTcM64N64:
-      err = LaunchTcTile<TcTile<64, 64, 64, 32>>(params, stream, &ran);
+      err = LaunchTcTile<TcTile<64, 64, 64, 32>>(params, packed_w, stream, &ran);
       break;
     case FusedTile::kTcM64N32:
-      err = LaunchTcTile<TcTile<64, 32, 64, 32>>(params, stream, &ran);
+      err = LaunchTcTile<TcTile<64, 32, 64, 32>>(params, packed_w, stream, &ran);
       break;
     case FusedTile::kTcM32N32:
-      err = LaunchTcTile<TcTile<32, 32, 32, 32>>(params, stream, &ran);
+      err = LaunchTcTile<TcTile<32, 32, 32, 32>>(params, packed_w, stream, &ran);
       break;
     default:
       return cudaErrorInvalidValue;
@@ -375,7 +436,7 @@ cudaError_t LaunchKsFactorTc(const KsFactorParams& params, FusedTile tile, cudaS
   if (ran || err != cudaSuccess) return err;
   // No j group fits d (d = 3, 6, odd d), c is not a multiple of 8, or the pointers are not
   // aligned to the copies: the register-staged tile takes it.
-  return LaunchKsFactorFusedMma(params, RegisterStagedMmaTile(params.pattern), stream);
+  return LaunchKsFactorFusedMma(params, RegisterStagedMmaTile(params.pattern), nullptr, stream);
 }
 
 }  // namespace ksserve::kernels::cuda

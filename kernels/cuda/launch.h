@@ -13,12 +13,15 @@ namespace ksserve::kernels::cuda {
 cudaError_t LaunchKsFactorNaive(const KsFactorParams& params, cudaStream_t stream);
 
 // The fused output-stationary kernel with one of its tile shapes; any pattern, batch, dtype and
-// epilogue.
-cudaError_t LaunchKsFactorFused(const KsFactorParams& params, FusedTile tile, cudaStream_t stream);
+// epilogue. packed_w: the tile's packed weights (FusedTileReadsPackedWeights), or null.
+cudaError_t LaunchKsFactorFused(const KsFactorParams& params, FusedTile tile, const void* packed_w,
+                                cudaStream_t stream);
 // The tensor-core tiles (FusedTileUsesTensorCores); BF16 and FP16 only.
-cudaError_t LaunchKsFactorFusedMma(const KsFactorParams& params, FusedTile tile, cudaStream_t stream);
-// The pipelined tensor-core tiles (kTc*); BF16 and FP16 only.
-cudaError_t LaunchKsFactorTc(const KsFactorParams& params, FusedTile tile, cudaStream_t stream);
+cudaError_t LaunchKsFactorFusedMma(const KsFactorParams& params, FusedTile tile, const void* packed_w,
+                                   cudaStream_t stream);
+// The pipelined tensor-core tiles (kTc*); BF16 and FP16 only. packed_w: [(i·d + j)][r][s] or null.
+cudaError_t LaunchKsFactorTc(const KsFactorParams& params, FusedTile tile, const void* packed_w,
+                             cudaStream_t stream);
 
 // Two factors in one kernel (ks_pair_tc.cu): first.d = 1, both c multiples of 8, x, w1 and
 // w2_grouped 16-byte aligned; BF16 and FP16. w2_grouped is [(i·d + j)][r][s] (LaunchPackGrouped).

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <random>
+#include <string>
 
 #include "gtest/gtest.h"
 #include "kernels/device.h"
@@ -48,14 +49,16 @@ std::vector<KsKernelChoice> AllChoices() {
   return choices;
 }
 
-// Runs one factor with `choice` (packing its weights first) into a NaN-poisoned output.
-// y_offset > 0 writes into a view that many elements into its storage (misaligned for vectors).
+// Runs one factor with `choice` (packing its weights first, unless !packed_weights: the fused
+// tiles also run on the interchange weights alone) into a NaN-poisoned output. y_offset > 0
+// writes into a view that many elements into its storage (misaligned for vectors).
 torch::Tensor RunFactor(const torch::Tensor& x, const torch::Tensor& w, const std::optional<torch::Tensor>& bias,
-                        Activation activation, const KsKernelChoice& choice, int64_t y_offset = 0) {
+                        Activation activation, const KsKernelChoice& choice, int64_t y_offset = 0,
+                        bool packed_weights = true) {
   const KsPattern pattern{w.size(0), w.size(1), w.size(2), w.size(3)};
   const DType dtype = ToDType(x.scalar_type());
   const auto bytes = torch::TensorOptions().dtype(torch::kUInt8).device(x.device());
-  const torch::Tensor packed = torch::empty({*PackedWeightBytes(choice.algorithm, pattern, dtype)}, bytes);
+  const torch::Tensor packed = torch::empty({*PackedWeightBytes(choice, pattern, dtype)}, bytes);
   const torch::Tensor workspace =
       torch::empty({*FactorWorkspaceBytes(choice.algorithm, pattern, x.size(0), dtype)}, bytes);
   torch::Tensor y = torch::full({x.size(0) * pattern.out_features() + y_offset}, std::numeric_limits<float>::quiet_NaN(),
@@ -64,7 +67,7 @@ torch::Tensor RunFactor(const torch::Tensor& x, const torch::Tensor& w, const st
                         .view({x.size(0), pattern.out_features()});
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const absl::Status packed_ok =
-      PackWeightsCuda(choice.algorithm, pattern, dtype, w.const_data_ptr(), packed.data_ptr(), stream);
+      PackWeightsCuda(choice, pattern, dtype, w.const_data_ptr(), packed.data_ptr(), stream);
   EXPECT_TRUE(packed_ok.ok()) << packed_ok;
   const KsFactorParams params{.x = x.const_data_ptr(),
                               .w = w.const_data_ptr(),
@@ -74,7 +77,8 @@ torch::Tensor RunFactor(const torch::Tensor& x, const torch::Tensor& w, const st
                               .pattern = pattern,
                               .dtype = dtype,
                               .activation = activation};
-  const absl::Status ran = KsFactorForwardCuda(params, choice, packed.const_data_ptr(), workspace.data_ptr(), stream);
+  const void* packed_w = packed_weights ? packed.const_data_ptr() : nullptr;
+  const absl::Status ran = KsFactorForwardCuda(params, choice, packed_w, workspace.data_ptr(), stream);
   EXPECT_TRUE(ran.ok()) << KernelChoiceName(choice) << ": " << ran;
   return y;
 }
@@ -100,12 +104,18 @@ void CheckAllAlgorithms(const Case& c, torch::ScalarType dtype, Activation activ
     if (choice.algorithm == KsAlgorithm::kFused && FusedTileUsesTensorCores(choice.tile) && dtype == torch::kFloat32) {
       continue;  // rejected, see TensorCoreTilesRejectFloat32
     }
-    const torch::Tensor y = RunFactor(x, w, bias, activation, choice);
-    EXPECT_TRUE(torch::isfinite(y).all().item<bool>())
-        << KernelChoiceName(choice) << " left outputs unwritten: " << PatternToString(p) << " batch " << c.batch;
-    EXPECT_LE(TorchRelativeError(y.index_select(0, index), reference), Tolerance(dtype))
-        << KernelChoiceName(choice) << " " << PatternToString(p) << " batch " << c.batch << " "
-        << c10::toString(dtype) << " activation " << static_cast<int>(activation);
+    const bool has_packed_layout =
+        choice.algorithm == KsAlgorithm::kFused && *PackedWeightBytes(choice, p, ToDType(dtype)) > 0;
+    for (const bool packed : {true, false}) {
+      if (!packed && !has_packed_layout) continue;
+      const torch::Tensor y = RunFactor(x, w, bias, activation, choice, 0, packed);
+      const std::string label = KernelChoiceName(choice) + (packed ? "" : " (weights in place)");
+      EXPECT_TRUE(torch::isfinite(y).all().item<bool>())
+          << label << " left outputs unwritten: " << PatternToString(p) << " batch " << c.batch;
+      EXPECT_LE(TorchRelativeError(y.index_select(0, index), reference), Tolerance(dtype))
+          << label << " " << PatternToString(p) << " batch " << c.batch << " " << c10::toString(dtype)
+          << " activation " << static_cast<int>(activation);
+    }
   }
 }
 

@@ -304,19 +304,24 @@ TEST(KsKernelChoiceTest, CandidatesFollowDTypeAndD) {
 
 TEST(KsPackedLayoutTest, SizesPerAlgorithm) {
   const KsPattern p{3, 5, 7, 2};
-  EXPECT_EQ(*PackedWeightBytes(KsAlgorithm::kFused, p, DType::kFloat32), 0);
-  EXPECT_EQ(*PackedWeightBytes(KsAlgorithm::kBmm, p, DType::kBFloat16), 3 * 5 * 7 * 2 * 2);
-  EXPECT_EQ(*PackedWeightBytes(KsAlgorithm::kBmm, {3, 5, 7, 1}, DType::kFloat32), 0);  // read in place
-  EXPECT_EQ(*PackedWeightBytes(KsAlgorithm::kDense, p, DType::kFloat32), (3 * 5 * 2) * (3 * 7 * 2) * 4);
+  const KsKernelChoice fused{.algorithm = KsAlgorithm::kFused, .tile = FusedTile::kJ4M64N64};
+  const KsKernelChoice tensor_cores{.algorithm = KsAlgorithm::kFused, .tile = FusedTile::kTcM32N32};
+  const KsKernelChoice bmm{.algorithm = KsAlgorithm::kBmm}, dense{.algorithm = KsAlgorithm::kDense};
+  EXPECT_EQ(*PackedWeightBytes(fused, p, DType::kBFloat16), 0);
+  EXPECT_EQ(*PackedWeightBytes(tensor_cores, p, DType::kBFloat16), 3 * 5 * 7 * 2 * 2);  // k-contiguous per j
+  EXPECT_EQ(*PackedWeightBytes(tensor_cores, {3, 5, 7, 1}, DType::kBFloat16), 0);       // already
+  EXPECT_EQ(*PackedWeightBytes(tensor_cores, p, DType::kFloat32), 0);  // not a layout it runs
+  EXPECT_EQ(*PackedWeightBytes(bmm, p, DType::kBFloat16), 3 * 5 * 7 * 2 * 2);
+  EXPECT_EQ(*PackedWeightBytes(bmm, {3, 5, 7, 1}, DType::kFloat32), 0);  // read in place
+  EXPECT_EQ(*PackedWeightBytes(dense, p, DType::kFloat32), (3 * 5 * 2) * (3 * 7 * 2) * 4);
   // Grouped x (11·42 values = 924 bytes), grouped y from the next 256-byte boundary (11·30 values).
   EXPECT_EQ(BmmOutputOffset(11, p, DType::kFloat16), 1024);
   EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kBmm, p, 11, DType::kFloat16), 1024 + 11 * (3 * 5 * 2) * 2);
   EXPECT_EQ(BmmOutputOffset(128, p, DType::kFloat32), 128 * 42 * 4);  // already aligned
   EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kFused, p, 11, DType::kFloat16), 0);
-  EXPECT_EQ(PackedWeightBytes(KsAlgorithm::kDense, {int64_t{1} << 20, 1 << 20, 1, 1 << 20}, DType::kFloat32)
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      PackedWeightBytes(dense, {int64_t{1} << 20, 1 << 20, 1, 1 << 20}, DType::kFloat32).status().code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(FactorWorkspaceBytes(KsAlgorithm::kBmm, p, -1, DType::kFloat32).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
