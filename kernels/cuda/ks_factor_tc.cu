@@ -143,7 +143,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   // straddles an edge: c·d, and JT when not whole, are multiples of kChunk; c of 8.
   const T* const x_rows = static_cast<const T*>(p.x) + n0 * in + i * cd + j0;
   const T* const w_rows = static_cast<const T*>(p.w) + (i * b + r0) * cd + j0;
-  const T* const packed_rows = static_cast<const T*>(launch.packed_w) + ((i * d + j0) * b + r0) * c;
+  const T* const packed_rows =
+      Cfg::kPackedW ? static_cast<const T*>(launch.packed_w) + ((i * d + j0) * b + r0) * c : nullptr;
   const auto load_step = [&](int step, int buffer) {
     T* const stage = raw + buffer * Cfg::kStageElements;
     const int64_t s0 = int64_t{step} * BK;
