@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/ks_params.h"
 
@@ -13,16 +14,45 @@
 
 namespace ksserve::kernels {
 
+template <Activation kActivation>
+KSSERVE_HOST_DEVICE inline float ApplyActivation(float v) {
+  if constexpr (kActivation == Activation::kRelu) {
+    return v > 0.0f ? v : 0.0f;
+  } else if constexpr (kActivation == Activation::kGeluTanh) {
+    constexpr float kSqrt2OverPi = 0.7978845608028654f;
+    return 0.5f * v * (1.0f + tanhf(kSqrt2OverPi * (v + 0.044715f * v * v * v)));
+  } else if constexpr (kActivation == Activation::kGeluErf) {
+    return 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+  } else {
+    return v;
+  }
+}
+
+// Calls fn(std::integral_constant<Activation, A>{}) for A = activation: a kernel's epilogue
+// branches once per tile rather than once per element.
+template <typename Fn>
+KSSERVE_HOST_DEVICE inline void WithActivation(Activation activation, Fn&& fn) {
+  switch (activation) {
+    case Activation::kRelu:
+      return fn(std::integral_constant<Activation, Activation::kRelu>{});
+    case Activation::kGeluTanh:
+      return fn(std::integral_constant<Activation, Activation::kGeluTanh>{});
+    case Activation::kGeluErf:
+      return fn(std::integral_constant<Activation, Activation::kGeluErf>{});
+    case Activation::kNone:
+      break;
+  }
+  fn(std::integral_constant<Activation, Activation::kNone>{});
+}
+
 KSSERVE_HOST_DEVICE inline float ApplyActivation(float v, Activation activation) {
   switch (activation) {
     case Activation::kRelu:
-      return v > 0.0f ? v : 0.0f;
-    case Activation::kGeluTanh: {
-      constexpr float kSqrt2OverPi = 0.7978845608028654f;
-      return 0.5f * v * (1.0f + tanhf(kSqrt2OverPi * (v + 0.044715f * v * v * v)));
-    }
+      return ApplyActivation<Activation::kRelu>(v);
+    case Activation::kGeluTanh:
+      return ApplyActivation<Activation::kGeluTanh>(v);
     case Activation::kGeluErf:
-      return 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+      return ApplyActivation<Activation::kGeluErf>(v);
     case Activation::kNone:
       break;
   }

@@ -34,15 +34,17 @@ constexpr int kMaxThreads = 256;
 constexpr int kSharedPerSm = 228 * 1024;  // sm_90; each resident block also reserves 1 KB
 constexpr int kSharedPerBlock = 227 * 1024;
 
-template <int BM_, int BN_, int WM_, int WN_>
+// BK_: the s step for j groups up to 4 (8 take 16). A step of 16 halves the shared memory of a
+// stage, so two blocks of a wide j group fit on an SM, at one barrier per 16 s.
+template <int BM_, int BN_, int WM_, int WN_, int BK_ = 32>
 struct TcTile {
-  static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_;
+  static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_, BK = BK_;
   static constexpr int kWarpsN = BN / WN;
   static constexpr int kWarpsPerJ = (BM / WM) * kWarpsN;
   static constexpr int kMaxJ = kMaxThreads / (32 * kWarpsPerJ);  // a block has JT × kWarpsPerJ warps
   static constexpr int kMi = WM / 16, kNi = WN / 8;
   static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 16 == 0, "ldmatrix.x4 loads B in pairs");
-  static_assert(kMaxJ >= 1);
+  static_assert(kMaxJ >= 1 && (BK == 16 || BK == 32));
 };
 
 // Everything that follows from the tile, JT, the copy width and the weight layout at compile time.
@@ -52,7 +54,7 @@ struct TcConfig {
   static constexpr bool kPackedW = kPackedW_ && JT_ > 1;  // with JT = 1 (d = 1) packing is the identity
   static constexpr int BM = TileT::BM, BN = TileT::BN;
   static constexpr int kThreads = 32 * TileT::kWarpsPerJ * JT;
-  static constexpr int BK = JT >= 8 ? 16 : 32;
+  static constexpr int BK = JT >= 8 ? 16 : TileT::BK;
   // Landed rows: BK·JT values + 16 bytes, so ldmatrix (JT = 1) and the transpose's 16-byte reads
   // of consecutive rows fall in different banks.
   static constexpr int kRawPitch = BK * JT + 8;
@@ -66,10 +68,15 @@ struct TcConfig {
   static constexpr int SharedBytes(int stages) {
     return 2 * std::max(stages * kStageElements + 2 * kTElements, kYElements);
   }
-  // Two blocks of 8 warps per SM where shared memory allows (registers capped at 128 then); one
-  // block with all the registers it wants otherwise. Four stages where they fit, else three.
-  static constexpr int kMinBlocks =
-      kThreads >= kMaxThreads && 2 * (SharedBytes(3) + 1024) <= kSharedPerSm ? 2 : 1;
+  // As many blocks per SM as shared memory holds with three stages, up to 16 warps (registers are
+  // then capped at 128): latency, not issue, limits these short-K tiles. Four stages where they fit.
+  static constexpr int BlocksPerSm() {
+    for (int blocks = std::max(1, 2 * kMaxThreads / kThreads); blocks > 1; --blocks) {
+      if (blocks * (SharedBytes(3) + 1024) <= kSharedPerSm) return blocks;
+    }
+    return 1;
+  }
+  static constexpr int kMinBlocks = BlocksPerSm();
   static constexpr int kStages = kMinBlocks * (SharedBytes(4) + 1024) <= kSharedPerSm ? 4 : 3;
   static constexpr int kSharedBytes = SharedBytes(kStages);
   static constexpr int kChunksPerRow = BK * JT / kChunk;
@@ -138,41 +145,75 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const int steps = static_cast<int>((c + BK - 1) / BK);
   const bool whole = JT == d;
 
-  // Row starts of the tile at s = 0, and the bound a chunk's first s (or, when JT = d, its first
-  // flat (s, j) index) must stay under. Rows beyond the batch or b are zero-filled. A chunk never
-  // straddles an edge: c·d, and JT when not whole, are multiples of kChunk; c of 8.
+  // Row starts of the tile at s = 0. Rows beyond the batch or b, and steps beyond c, are
+  // zero-filled. A chunk never straddles an edge: c·d, and JT when not whole, are multiples of
+  // kChunk; c of 8.
   const T* const x_rows = static_cast<const T*>(p.x) + n0 * in + i * cd + j0;
   const T* const w_rows = static_cast<const T*>(p.w) + (i * b + r0) * cd + j0;
   const T* const packed_rows =
       Cfg::kPackedW ? static_cast<const T*>(launch.packed_w) + ((i * d + j0) * b + r0) * c : nullptr;
-  const auto load_step = [&](int step, int buffer) {
+  // Each thread copies the same chunks of every step: chunk f of rows copy_row + l·kRowsPerPass
+  // (x rows first, then w rows when weights are read in place) and, for packed weights, (j, r)
+  // rows copy_q + l·kQPerPass. Their source pointers and the rows that exist are worked out once;
+  // a step costs one bound check and one pointer increment per copy.
+  constexpr int kRowsPerPass = Cfg::kThreads / Cfg::kChunksPerRow;
+  static_assert(Cfg::kThreads % Cfg::kChunksPerRow == 0 && BM % kRowsPerPass == 0 &&
+                kRawRows % kRowsPerPass == 0 && Cfg::kRawCopies * kRowsPerPass == kRawRows);
+  const int copy_row = threadIdx.x / Cfg::kChunksPerRow, copy_f = (threadIdx.x % Cfg::kChunksPerRow) * kChunk;
+  const int copy_k = copy_f / JT;
+  // A chunk's first s (or, when JT = d, its first flat (s, j) index) is checked against its bound.
+  const int64_t copy_s_bound = whole ? cd : c;
+  static_assert(Cfg::kRawCopies <= 32);
+  const T* raw_source[Cfg::kRawCopies];
+  uint32_t raw_rows_valid = 0;  // bit l: the row of copy l exists
+#pragma unroll
+  for (int l = 0; l < Cfg::kRawCopies; ++l) {
+    const bool is_x = l * kRowsPerPass < BM;  // copy_row < kRowsPerPass: known at compile time
+    const int tile_row = copy_row + l * kRowsPerPass - (is_x ? 0 : BM);
+    raw_source[l] = (is_x ? x_rows + tile_row * in : w_rows + tile_row * cd) + copy_k * d + copy_f % JT;
+    if (tile_row < (is_x ? rows_x : rows_w)) raw_rows_valid |= 1u << l;
+  }
+  constexpr int kUnitsPerRow = BK / 8;  // packed weights: runs of 8 s
+  constexpr int kPackedChunks = Cfg::kPackedW ? JT * BN * kUnitsPerRow : 0;
+  constexpr int kPackedCopies = kPackedChunks / Cfg::kThreads;
+  constexpr int kQPerPass = Cfg::kThreads / kUnitsPerRow;
+  static_assert(kPackedChunks % Cfg::kThreads == 0 && Cfg::kThreads % kUnitsPerRow == 0);
+  const int copy_u = threadIdx.x % kUnitsPerRow, copy_q = threadIdx.x / kUnitsPerRow;
+  const T* packed_source[kPackedCopies > 0 ? kPackedCopies : 1];
+  uint32_t packed_rows_valid = 0;
+#pragma unroll
+  for (int l = 0; l < kPackedCopies; ++l) {
+    const int q = copy_q + l * kQPerPass, row = q % BN, jj = q / BN;
+    packed_source[l] = packed_rows + (jj * b + row) * c + copy_u * 8;
+    if (row < rows_w) packed_rows_valid |= 1u << l;
+  }
+  // Steps are loaded in order, so the copies' sources and bounds advance by one step each time.
+  int64_t copy_s = whole ? copy_f : copy_k;            // the next step's first s (or flat index)
+  const int64_t copy_s_advance = whole ? BK * d : BK;  // per step, in the units of copy_s
+  int64_t packed_s = copy_u * 8;                       // packed weights: the next run's first s
+  const auto load_step = [&](int buffer) {
     T* const stage = raw + buffer * Cfg::kStageElements;
-    const int64_t s0 = int64_t{step} * BK;
+    const bool s_valid = copy_s < copy_s_bound;
 #pragma unroll
     for (int l = 0; l < Cfg::kRawCopies; ++l) {
-      const int e = threadIdx.x + l * Cfg::kThreads;
-      if (kRawRows * Cfg::kChunksPerRow % Cfg::kThreads != 0 && e >= kRawRows * Cfg::kChunksPerRow) break;
-      const int row = e / Cfg::kChunksPerRow, f = (e % Cfg::kChunksPerRow) * kChunk;
-      const int k = f / JT, jj = f % JT;
-      const bool is_x = row < BM;
-      const int tile_row = is_x ? row : row - BM;
-      const bool valid = tile_row < (is_x ? rows_x : rows_w) && (whole ? s0 * d + f < cd : s0 + k < c);
-      const T* const source = (is_x ? x_rows + tile_row * in : w_rows + tile_row * cd) + (s0 + k) * d + jj;
-      CpAsync<kChunk * sizeof(T)>(stage + row * kRawPitch + f, valid ? source : x_rows, valid);
+      const bool valid = s_valid && (raw_rows_valid >> l & 1u);
+      T* const target = stage + (copy_row + l * kRowsPerPass) * kRawPitch + copy_f;
+      CpAsync<kChunk * sizeof(T)>(target, raw_source[l], valid);
+      raw_source[l] += BK * d;
     }
+    copy_s += copy_s_advance;
     if constexpr (Cfg::kPackedW) {
       // Runs of 8 s of one (j, r) row, straight into the k-contiguous layout.
       T* const packed_tile = stage + kRawRows * kRawPitch;
-      constexpr int kChunks = JT * BN * (BK / 8);
+      const bool u_valid = packed_s < c;
 #pragma unroll
-      for (int l = 0; l < (kChunks + Cfg::kThreads - 1) / Cfg::kThreads; ++l) {
-        const int e = threadIdx.x + l * Cfg::kThreads;
-        if (kChunks % Cfg::kThreads != 0 && e >= kChunks) break;
-        const int u = e % (BK / 8), row = (e / (BK / 8)) % BN, jj = e / (BK / 8 * BN);
-        const bool valid = row < rows_w && s0 + u * 8 < c;
-        const T* const source = packed_rows + (jj * b + row) * c + s0 + u * 8;
-        CpAsync<16>(packed_tile + (jj * BN + row) * kTPitch + u * 8, valid ? source : packed_rows, valid);
+      for (int l = 0; l < kPackedCopies; ++l) {
+        const int q = copy_q + l * kQPerPass;
+        const bool valid = u_valid && (packed_rows_valid >> l & 1u);
+        CpAsync<16>(packed_tile + q * kTPitch + copy_u * 8, packed_source[l], valid);
+        packed_source[l] += BK;
       }
+      packed_s += BK;
     }
   };
   // Units of (row, 8 k): consecutive threads take consecutive rows, whose 16-byte reads and
@@ -182,7 +223,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       const T* const stage = raw + buffer * Cfg::kStageElements;
       T* const t_tile = transposed + t_buffer * Cfg::kTElements;
       constexpr int kUnits = kTRows * (BK / 8);
-      for (int u = threadIdx.x; u < kUnits; u += Cfg::kThreads) {
+#pragma unroll
+      for (int l = 0; l < (kUnits + Cfg::kThreads - 1) / Cfg::kThreads; ++l) {
+        const int u = threadIdx.x + l * Cfg::kThreads;
+        if (kUnits % Cfg::kThreads != 0 && u >= kUnits) break;
         const int row = u % kTRows, k8 = u / kTRows;
         uint4 block[JT];
         const uint4* src = reinterpret_cast<const uint4*>(stage + row * kRawPitch + k8 * 8 * JT);
@@ -200,7 +244,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
-    if (st < steps) load_step(st, st);
+    if (st < steps) load_step(st);
     CpAsyncCommit();
   }
   if constexpr (JT > 1) {
@@ -231,7 +275,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       const int next = step + kStages - 1;
       int next_buffer = buffer + kStages - 1;
       if (next_buffer >= kStages) next_buffer -= kStages;
-      if (next < steps) load_step(next, next_buffer);
+      if (next < steps) load_step(next_buffer);
       CpAsyncCommit();
     }
     const T* stage = raw + buffer * Cfg::kStageElements;
@@ -272,28 +316,34 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   constexpr int kYPitch = BN * JT + 8;
   T* const y_tile = raw;
   const T* const bias = static_cast<const T*>(p.bias);
+  float bias_value[kNi][2];
 #pragma unroll
   for (int ni = 0; ni < kNi; ++ni) {
-    const int rr = warp_n * WN + ni * 8 + quad * 2;
-    float bias_value[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      if (bias != nullptr && r0 + rr + e < b)
-        bias_value[e] = ToFloat(bias[(i * b + r0 + rr + e) * d + j0 + jj]);
+      const int rr = warp_n * WN + ni * 8 + quad * 2 + e;
+      const bool has_bias = bias != nullptr && r0 + rr < b;
+      bias_value[ni][e] = has_bias ? ToFloat(bias[(i * b + r0 + rr) * d + j0 + jj]) : 0.0f;
     }
+  }
+  WithActivation(p.activation, [&](auto activation) {
 #pragma unroll
-    for (int mi = 0; mi < kMi; ++mi) {
+    for (int ni = 0; ni < kNi; ++ni) {
+      const int rr = warp_n * WN + ni * 8 + quad * 2;
 #pragma unroll
-      for (int upper = 0; upper < 2; ++upper) {
-        const int m = warp_m * WM + mi * 16 + group + upper * 8;
+      for (int mi = 0; mi < kMi; ++mi) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          y_tile[m * kYPitch + (rr + e) * JT + jj] =
-              FromFloat<T>(ApplyActivation(acc[mi][ni][upper * 2 + e] + bias_value[e], p.activation));
+        for (int upper = 0; upper < 2; ++upper) {
+          const int m = warp_m * WM + mi * 16 + group + upper * 8;
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            y_tile[m * kYPitch + (rr + e) * JT + jj] = FromFloat<T>(
+                ApplyActivation<decltype(activation)::value>(acc[mi][ni][upper * 2 + e] + bias_value[ni][e]));
+          }
         }
       }
     }
-  }
+  });
   __syncthreads();
 
   // Row m of the tile, element f = rr·JT + jj, goes to y[n0 + m][(i·b + r0 + rr)·d + j0 + jj].
@@ -424,6 +474,9 @@ cudaError_t LaunchKsFactorTc(const KsFactorParams& params, FusedTile tile, const
       break;
     case FusedTile::kTcM64N64:
       err = LaunchTcTile<TcTile<64, 64, 64, 32>>(params, packed_w, stream, &ran);
+      break;
+    case FusedTile::kTcM64N64K16:
+      err = LaunchTcTile<TcTile<64, 64, 64, 32, 16>>(params, packed_w, stream, &ran);
       break;
     case FusedTile::kTcM64N32:
       err = LaunchTcTile<TcTile<64, 32, 64, 32>>(params, packed_w, stream, &ran);

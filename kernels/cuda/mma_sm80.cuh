@@ -54,7 +54,8 @@ __device__ __forceinline__ void LoadFragmentsB(uint32_t (&b0)[2], uint32_t (&b1)
   b1[1] = r[3];
 }
 
-// Copies kBytes (16, 8 or 4) global → shared without registers; !valid zero-fills and reads nothing.
+// Copies kBytes (16, 8 or 4) global → shared without registers; !valid zero-fills and reads nothing
+// (the address is not dereferenced then, so it may lie outside the tensor).
 template <int kBytes>
 __device__ __forceinline__ void CpAsync(void* shared, const void* global, bool valid) {
   static_assert(kBytes == 16 || kBytes == 8 || kBytes == 4);
