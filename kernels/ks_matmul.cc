@@ -222,10 +222,12 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
   if (dtype != DType::kFloat32 && batch > 64) {
     if (pattern.d == 1) return pattern.b > 64 ? FusedTile::kTcM128N128 : FusedTile::kTcM128N64;
     if (batch > 4096) {
-      const bool power_of_two = (pattern.d & (pattern.d - 1)) == 0;
-      if (pattern.d % 4 == 0 && pattern.d <= 32 && power_of_two) return FusedTile::kTcM64N64K16;
-      if (pattern.d % 8 == 0 && pattern.d >= 48) return FusedTile::kTcM64N32;
-      if (pattern.d % 4 == 0 || pattern.d == 2) return FusedTile::kTcM64N64;
+      // 4-j groups in s steps of 16 (two blocks per SM) for d a power of two up to 32; 8-j groups
+      // for wide d.
+      const int64_t d = pattern.d;
+      if (d == 4 || d == 8 || d == 16 || d == 32) return FusedTile::kTcM64N64K16;
+      if (d % 8 == 0 && d >= 48) return FusedTile::kTcM64N32;
+      if (d % 4 == 0 || d == 2) return FusedTile::kTcM64N64;
     } else if (pattern.d % 4 == 0 || pattern.d == 2) {
       return FusedTile::kTcM32N32;
     }
