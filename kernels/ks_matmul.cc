@@ -222,10 +222,11 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
   if (dtype != DType::kFloat32 && batch > 64) {
     if (pattern.d == 1) return pattern.b > 64 ? FusedTile::kTcM128N128 : FusedTile::kTcM128N64;
     if (batch > 4096) {
-      // 4-j groups in s steps of 16 (two blocks per SM) for d a power of two up to 32; 8-j groups
-      // for wide d.
+      // 4-j groups in s steps of 16 (two blocks per SM) for d a power of two up to 32; else, for
+      // b of 256 and more, the tile twice as wide in r; 8-j groups for wide d.
       const int64_t d = pattern.d;
       if (d == 4 || d == 8 || d == 16 || d == 32) return FusedTile::kTcM64N64K16;
+      if (pattern.b >= 256 && (d % 4 == 0 || d == 2)) return FusedTile::kTcM64N128K16;
       if (d % 8 == 0 && d >= 48) return FusedTile::kTcM64N32;
       if (d % 4 == 0 || d == 2) return FusedTile::kTcM64N64;
     } else if (pattern.d % 4 == 0 || pattern.d == 2) {
@@ -270,6 +271,7 @@ int FusedTileJ(FusedTile tile) {
     case FusedTile::kTcM128N64:
     case FusedTile::kTcM64N64:
     case FusedTile::kTcM64N64K16:
+    case FusedTile::kTcM64N128K16:
     case FusedTile::kTcM64N32:
     case FusedTile::kTcM32N32:
       break;  // chosen from d at launch
@@ -283,6 +285,7 @@ bool FusedTileReadsPackedWeights(FusedTile tile) {
     case FusedTile::kTcM128N64:
     case FusedTile::kTcM64N64:
     case FusedTile::kTcM64N64K16:
+    case FusedTile::kTcM64N128K16:
     case FusedTile::kTcM64N32:
     case FusedTile::kTcM32N32:
       return true;
@@ -341,6 +344,8 @@ std::string FusedTileName(FusedTile tile) {
       return "tc-m64n64";
     case FusedTile::kTcM64N64K16:
       return "tc-m64n64k16";
+    case FusedTile::kTcM64N128K16:
+      return "tc-m64n128k16";
     case FusedTile::kTcM64N32:
       return "tc-m64n32";
     case FusedTile::kTcM32N32:

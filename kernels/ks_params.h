@@ -78,7 +78,8 @@ enum class FusedTile : uint8_t {
   kTcM128N128,
   kTcM128N64,
   kTcM64N64,
-  kTcM64N64K16,  // s steps of 16: two blocks per SM where kTcM64N64 fits one
+  kTcM64N64K16,   // s steps of 16: two blocks per SM where kTcM64N64 fits one
+  kTcM64N128K16,  // twice as wide in r, one block of up to 16 warps: x crosses L2 half as often
   kTcM64N32,
   kTcM32N32,
 };
@@ -87,7 +88,7 @@ inline constexpr FusedTile kAllFusedTiles[] = {
     FusedTile::kJ4M64N64,    FusedTile::kJ4M64N64Async, FusedTile::kJ8M32N32,      FusedTile::kJ16M16N16,
     FusedTile::kJ32M16N8,    FusedTile::kMmaJ1M128N64,  FusedTile::kMmaJ1M128N128, FusedTile::kMmaJ4M64N64,
     FusedTile::kMmaJ8M32N32, FusedTile::kTcM128N128,    FusedTile::kTcM128N64,     FusedTile::kTcM64N64,
-    FusedTile::kTcM64N64K16, FusedTile::kTcM64N32,      FusedTile::kTcM32N32};
+    FusedTile::kTcM64N64K16, FusedTile::kTcM64N128K16,  FusedTile::kTcM64N32,      FusedTile::kTcM32N32};
 
 // The register-staged tensor-core tile for a pattern: the rule's choice where the pipelined tiles
 // cannot run, and what those tiles hand such layouts to.

@@ -30,21 +30,22 @@
 namespace ksserve::kernels::cuda {
 namespace {
 
-constexpr int kMaxThreads = 256;
+constexpr int kThreadsPerSm = 512;  // the occupancy the tiles aim for: 16 warps, 128 registers each
 constexpr int kSharedPerSm = 228 * 1024;  // sm_90; each resident block also reserves 1 KB
 constexpr int kSharedPerBlock = 227 * 1024;
 
 // BK_: the s step for j groups up to 4 (8 take 16). A step of 16 halves the shared memory of a
 // stage, so two blocks of a wide j group fit on an SM, at one barrier per 16 s.
-template <int BM_, int BN_, int WM_, int WN_, int BK_ = 32>
+// kMaxThreads_: the block size a j group may grow to; 512 makes one block as wide as two.
+template <int BM_, int BN_, int WM_, int WN_, int BK_ = 32, int kMaxThreads_ = 256>
 struct TcTile {
-  static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_, BK = BK_;
+  static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_, BK = BK_, kMaxThreads = kMaxThreads_;
   static constexpr int kWarpsN = BN / WN;
   static constexpr int kWarpsPerJ = (BM / WM) * kWarpsN;
   static constexpr int kMaxJ = kMaxThreads / (32 * kWarpsPerJ);  // a block has JT × kWarpsPerJ warps
   static constexpr int kMi = WM / 16, kNi = WN / 8;
   static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 16 == 0, "ldmatrix.x4 loads B in pairs");
-  static_assert(kMaxJ >= 1 && (BK == 16 || BK == 32));
+  static_assert(kMaxJ >= 1 && (BK == 16 || BK == 32) && kMaxThreads <= kThreadsPerSm);
 };
 
 // Everything that follows from the tile, JT, the copy width and the weight layout at compile time.
@@ -71,7 +72,7 @@ struct TcConfig {
   // As many blocks per SM as shared memory holds with three stages, up to 16 warps (registers are
   // then capped at 128): latency, not issue, limits these short-K tiles. Four stages where they fit.
   static constexpr int BlocksPerSm() {
-    for (int blocks = std::max(1, 2 * kMaxThreads / kThreads); blocks > 1; --blocks) {
+    for (int blocks = std::max(1, kThreadsPerSm / kThreads); blocks > 1; --blocks) {
       if (blocks * (SharedBytes(3) + 1024) <= kSharedPerSm) return blocks;
     }
     return 1;
@@ -477,6 +478,9 @@ cudaError_t LaunchKsFactorTc(const KsFactorParams& params, FusedTile tile, const
       break;
     case FusedTile::kTcM64N64K16:
       err = LaunchTcTile<TcTile<64, 64, 64, 32, 16>>(params, packed_w, stream, &ran);
+      break;
+    case FusedTile::kTcM64N128K16:
+      err = LaunchTcTile<TcTile<64, 128, 64, 32, 16, 512>>(params, packed_w, stream, &ran);
       break;
     case FusedTile::kTcM64N32:
       err = LaunchTcTile<TcTile<64, 32, 64, 32>>(params, packed_w, stream, &ran);

@@ -258,7 +258,9 @@ TEST(KsKernelChoiceTest, DefaultTileFollowsDAndBatch) {
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 4}, 25088, DType::kBFloat16), FusedTile::kTcM64N64K16);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 25088, DType::kBFloat16), FusedTile::kTcM64N32);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 24}, 25088, DType::kBFloat16), FusedTile::kTcM64N64);
-  EXPECT_EQ(DefaultFusedTile({1, 768, 192, 2}, 25088, DType::kBFloat16), FusedTile::kTcM64N64);
+  EXPECT_EQ(DefaultFusedTile({1, 768, 192, 2}, 25088, DType::kBFloat16), FusedTile::kTcM64N128K16);
+  EXPECT_EQ(DefaultFusedTile({1, 768, 768, 64}, 25088, DType::kBFloat16), FusedTile::kTcM64N128K16);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 2}, 25088, DType::kBFloat16), FusedTile::kTcM64N64);
   EXPECT_EQ(DefaultFusedTile({1, 96, 96, 6}, 25088, DType::kBFloat16), FusedTile::kMmaJ4M64N64);
   EXPECT_EQ(DefaultFusedTile({1, 96, 96, 3}, 25088, DType::kBFloat16), FusedTile::kMmaJ1M128N128);
   EXPECT_EQ(DefaultFusedTile({1, 48, 96, 3}, 25088, DType::kBFloat16), FusedTile::kMmaJ1M128N64);
