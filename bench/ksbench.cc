@@ -42,6 +42,7 @@ ABSL_FLAG(double, max_dense_weight_gib, 2.0, "largest densified weight matrix tr
 ABSL_FLAG(std::string, candidates_csv, "",
           "where to write every candidate's time, one row each (default: the --csv path with -candidates)");
 ABSL_FLAG(bool, pairs, true, "also time the fused two-factor chain against two factor calls (16-bit dtypes)");
+ABSL_FLAG(std::vector<std::string>, pair_names, {}, "pairs to time (vit-attn, vit-up, ...); empty: all");
 ABSL_FLAG(std::string, pairs_csv, "", "where to write the pair results (default: the --csv path with -pairs)");
 
 namespace ksserve::bench {
@@ -409,7 +410,12 @@ int Run() {
   if (absl::GetFlag(FLAGS_pairs)) {
     std::string pairs_csv = absl::GetFlag(FLAGS_pairs_csv);
     if (pairs_csv.empty()) pairs_csv = SiblingPath(absl::GetFlag(FLAGS_csv), "-pairs");
-    failures += RunPairBench(ceilings, {.batches = batches, .dtypes = dtypes, .csv_path = pairs_csv, .tune = options},
+    failures += RunPairBench(ceilings,
+                             {.batches = batches,
+                              .dtypes = dtypes,
+                              .csv_path = pairs_csv,
+                              .tune = options,
+                              .names = absl::GetFlag(FLAGS_pair_names)},
                              stream);
   }
   cudaStreamDestroy(stream);

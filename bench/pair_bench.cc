@@ -7,6 +7,7 @@
 #include <optional>
 #include <random>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/str_format.h"
 #include "bench/fill.h"
 #include "kernels/ks_matmul.h"
@@ -85,17 +86,19 @@ std::vector<double> CopyAll(const void* device, int64_t count, DType dtype) {
 int RunPairBench(const Ceilings& ceilings, const PairBenchOptions& options, cudaStream_t stream) {
   std::ofstream csv(options.csv_path, std::ios::trunc);
   if (!csv) Die("cannot write " + options.csv_path);
-  csv << "pair,first,second,batch,dtype,floor_ms,two_calls_floor_ms,first_pick,second_pick,two_calls_ms,fused_ms,"
-         "fused_block_rows,speedup,pct_floor,correct,max_error\n";
+  csv << "pair,first,second,batch,dtype,floor_ms,two_calls_floor_ms,first_pick,second_pick,two_calls_ms,rule_ms,"
+         "speedup,pct_floor,best_tile,best_tile_ms,correct,max_error\n";
   DeviceBuffer flush = TryAllocate(options.tune.l2_flush_bytes);
   if (!flush) Die("cannot allocate the L2 flush buffer");
   int failures = 0;
   uint64_t seed = 777;
-  std::printf("\nfused pair vs two factor calls (each factor autotuned)\n%-10s %-9s %7s %12s %10s %8s %8s\n", "pair",
-              "dtype", "batch", "two calls ms", "fused ms", "speedup", "%floor");
+  std::printf("\nfused pair (rule tile) vs two factor calls (each factor autotuned)\n%-10s %-9s %7s %12s %10s %8s %8s "
+              "%9s %8s\n",
+              "pair", "dtype", "batch", "two calls ms", "fused ms", "speedup", "%floor", "best tile", "its ms");
   for (DType dtype : options.dtypes) {
     if (dtype == DType::kFloat32) continue;
     for (const NamedPair& pair : kPairs) {
+      if (!options.names.empty() && absl::c_find(options.names, pair.name) == options.names.end()) continue;
       const KsPattern p1 = pair.first, p2 = pair.second;
       const std::vector<KsPattern> chain = {p1, p2};
       for (int64_t batch : options.batches) {
@@ -144,30 +147,31 @@ int RunPairBench(const Ceilings& ceilings, const PairBenchOptions& options, cuda
                                      .batch = batch,
                                      .dtype = dtype,
                                      .activation = pair.activation};
-        const auto run_fused = [&](int block_rows) {
-          const absl::Status s = kernels::KsFusedPairForwardCuda(fused, packed.get(), stream, block_rows);
-          if (!s.ok()) Die(absl::StrFormat("fused pair: %s", s.message()));
+        const auto run_fused = [&](kernels::PairTile tile) {
+          const absl::Status s = kernels::KsFusedPairForwardCuda(fused, packed.get(), stream, tile);
+          if (!s.ok()) Die(absl::StrFormat("fused pair %s: %s", kernels::PairTileName(tile), s.message()));
         };
         const int repetitions = options.tune.repetitions;
-        // Pick the block height, then time both sides again, side by side.
-        int block_rows = 64;
-        double best = INFINITY;
-        for (int rows : {64, 128}) {
-          if (kernels::KsFusedPairForwardCuda(fused, packed.get(), stream, rows).ok()) {
-            const double ms = MedianMs(repetitions, stream, [&] { run_fused(rows); }, flush.get(),
+        // Every block shape once (to see where the rule stands), then the rule's and both calls again,
+        // side by side.
+        kernels::PairTile best_tile = kernels::PairTile::kRule;
+        double best_tile_ms = INFINITY;
+        for (kernels::PairTile tile : kernels::kAllPairTiles) {
+          if (kernels::KsFusedPairForwardCuda(fused, packed.get(), stream, tile).ok()) {
+            const double ms = MedianMs(repetitions, stream, [&] { run_fused(tile); }, flush.get(),
                                        options.tune.l2_flush_bytes);
-            if (ms < best) best = ms, block_rows = rows;
+            if (ms < best_tile_ms) best_tile_ms = ms, best_tile = tile;
           }
         }
         const double two_calls_ms =
             MedianMs(2 * repetitions + 1, stream, run_calls, flush.get(), options.tune.l2_flush_bytes);
-        const double fused_ms = MedianMs(2 * repetitions + 1, stream, [&] { run_fused(block_rows); }, flush.get(),
-                                         options.tune.l2_flush_bytes);
+        const double fused_ms = MedianMs(2 * repetitions + 1, stream, [&] { run_fused(kernels::PairTile::kRule); },
+                                         flush.get(), options.tune.l2_flush_bytes);
 
         // Both outputs, poisoned first, against the FP64 chain on sampled rows.
         CheckCuda(cudaMemsetAsync(y_fused.get(), 0xff, batch * out * size, stream), "poison");
         CheckCuda(cudaMemsetAsync(y_calls.get(), 0xff, batch * out * size, stream), "poison");
-        run_fused(block_rows);
+        run_fused(kernels::PairTile::kRule);
         run_calls();
         CheckCuda(cudaStreamSynchronize(stream), "check run");
         std::mt19937 rng(static_cast<uint32_t>(seed));
@@ -193,16 +197,17 @@ int RunPairBench(const Ceilings& ceilings, const PairBenchOptions& options, cuda
         const double floor_ms = ceilings.FloorMs((double(batch) * (in + out) + weights) * size, flops, dtype);
         const double calls_floor_ms =
             ceilings.FloorMs((double(batch) * (in + 2 * mid_features + out) + weights) * size, flops, dtype);
-        csv << absl::StrFormat("%s,%s,%s,%d,%s,%.5f,%.5f,%s,%s,%.5f,%.5f,%d,%.3f,%.1f,%s,%.3g\n", pair.name,
-                               PatternField(p1), PatternField(p2), batch,
-                               kernels::DTypeName(dtype), floor_ms, calls_floor_ms,
-                               kernels::KernelChoiceName(calls[0].choice), kernels::KernelChoiceName(calls[1].choice),
-                               two_calls_ms, fused_ms, block_rows, two_calls_ms / fused_ms,
-                               100.0 * floor_ms / fused_ms, correct ? "yes" : "NO", max_error);
+        csv << absl::StrFormat("%s,%s,%s,%d,%s,%.5f,%.5f,%s,%s,%.5f,%.5f,%.3f,%.1f,%s,%.5f,%s,%.3g\n", pair.name,
+                               PatternField(p1), PatternField(p2), batch, kernels::DTypeName(dtype), floor_ms,
+                               calls_floor_ms, kernels::KernelChoiceName(calls[0].choice),
+                               kernels::KernelChoiceName(calls[1].choice), two_calls_ms, fused_ms,
+                               two_calls_ms / fused_ms, 100.0 * floor_ms / fused_ms,
+                               kernels::PairTileName(best_tile), best_tile_ms, correct ? "yes" : "NO", max_error);
         csv.flush();
-        std::printf("%-10s %-9s %7lld %12.4f %10.4f %7.2fx %7.1f%%\n", pair.name, kernels::DTypeName(dtype).c_str(),
-                    static_cast<long long>(batch), two_calls_ms, fused_ms, two_calls_ms / fused_ms,
-                    100.0 * floor_ms / fused_ms);
+        std::printf("%-10s %-9s %7lld %12.4f %10.4f %7.2fx %7.1f%% %9s %8.4f\n", pair.name,
+                    kernels::DTypeName(dtype).c_str(), static_cast<long long>(batch), two_calls_ms, fused_ms,
+                    two_calls_ms / fused_ms, 100.0 * floor_ms / fused_ms, kernels::PairTileName(best_tile).c_str(),
+                    best_tile_ms);
       }
     }
   }

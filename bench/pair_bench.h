@@ -18,6 +18,7 @@ struct PairBenchOptions {
   std::vector<kernels::DType> dtypes;  // float32 is skipped: the fused pair runs on tensor cores
   std::string csv_path;
   kernels::KsTuneOptions tune;
+  std::vector<std::string> names;  // of the pairs to run ("vit-up", ...); empty: all
 };
 
 // Writes one CSV row per (pair, batch, dtype) and prints a table; returns how many cases failed

@@ -19,10 +19,13 @@ KSSERVE_HOST_DEVICE inline float ApplyActivation(float v) {
   if constexpr (kActivation == Activation::kRelu) {
     return v > 0.0f ? v : 0.0f;
   } else if constexpr (kActivation == Activation::kGeluTanh) {
+    // 0.5·v·(1 + tanh(u)) written as v·sigmoid(2u): no cancellation in 1 + tanh(u) for v ≪ 0,
+    // where the output is tiny and FP32 would keep few correct digits of it.
     constexpr float kSqrt2OverPi = 0.7978845608028654f;
-    return 0.5f * v * (1.0f + tanhf(kSqrt2OverPi * (v + 0.044715f * v * v * v)));
+    return v / (1.0f + expf(-2.0f * kSqrt2OverPi * (v + 0.044715f * v * v * v)));
   } else if constexpr (kActivation == Activation::kGeluErf) {
-    return 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+    // 0.5·v·(1 + erf(v/√2)) as 0.5·v·erfc(−v/√2), accurate in the negative tail for the same reason.
+    return 0.5f * v * erfcf(v * -0.7071067811865476f);
   } else {
     return v;
   }

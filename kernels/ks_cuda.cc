@@ -198,13 +198,10 @@ absl::Status PackFusedPairWeightsCuda(absl::Span<const KsPattern> chain, DType d
 }
 
 absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void* packed, CudaStream stream,
-                                    int block_rows) {
+                                    PairTile tile) {
   if (absl::Status s = FusedPairSupported(params.patterns, params.dtype); !s.ok()) return s;
   if (params.weights.size() != 2) {
     return absl::InvalidArgumentError(absl::StrFormat("%d weight tensors for a pair", params.weights.size()));
-  }
-  if (block_rows != 0 && block_rows != 64 && block_rows != 128) {
-    return absl::InvalidArgumentError(absl::StrFormat("block_rows must be 0, 64 or 128, not %d", block_rows));
   }
   const KsPattern& first = params.patterns[0];
   const KsPattern& second = params.patterns[1];
@@ -229,13 +226,27 @@ absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void* pac
       !s.ok()) {
     return s;
   }
-  // 64 rows: two blocks per SM; 128 rows halve the weights' L2 traffic but measured slower on
-  // every model pair (bench/results/h100-ksbench-pairs.csv).
-  if (block_rows == 0) block_rows = 64;
-  if (cuda::KsPairSharedBytes(second, block_rows) > shared_limit) {
+  const auto fits = [&](PairTile t) { return cuda::KsPairSharedBytes(first, second, t) <= shared_limit; };
+  if (tile == PairTile::kRule) {
+    // By measurement on the model pairs: K-steps of 64 where they fit, 128 outputs per step for a
+    // wide second factor (the MLP up layers), else 64; the first shape that fits.
+    using enum PairTile;
+    const bool wide = second.b >= 512;
+    const PairTile order[] = {wide ? kM64N128K64 : kM64N64K64, wide ? kM64N128 : kM64N64,
+                              wide ? kM64N64K64 : kM64N128K64, wide ? kM64N64 : kM64N128, kM128N128};
+    tile = kM64N64;
+    for (PairTile preferred : order) {
+      if (fits(preferred)) {
+        tile = preferred;
+        break;
+      }
+    }
+  }
+  if (!fits(tile)) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "the fused pair's intermediate (%d features × %d rows) does not fit in %d bytes of shared memory",
-        second.in_features(), block_rows, shared_limit));
+        "the fused pair's intermediate (%d features) and output tile do not fit in %d bytes of shared memory "
+        "with %s blocks",
+        second.in_features(), shared_limit, PairTileName(tile)));
   }
   const cuda::KsPairArgs args{.x = params.x,
                               .w1 = params.weights[0],
@@ -247,7 +258,7 @@ absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void* pac
                               .second = second,
                               .dtype = params.dtype,
                               .activation = params.activation};
-  return CudaStatus(cuda::LaunchKsPairTc(args, block_rows, stream), "KS fused pair launch");
+  return CudaStatus(cuda::LaunchKsPairTc(args, tile, stream), "KS fused pair launch");
 }
 
 }  // namespace ksserve::kernels

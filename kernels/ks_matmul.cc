@@ -272,6 +272,7 @@ int FusedTileJ(FusedTile tile) {
     case FusedTile::kTcM64N64:
     case FusedTile::kTcM64N64K16:
     case FusedTile::kTcM64N128K16:
+    case FusedTile::kTcWgM64N128K16:
     case FusedTile::kTcM64N32:
     case FusedTile::kTcM32N32:
       break;  // chosen from d at launch
@@ -286,6 +287,7 @@ bool FusedTileReadsPackedWeights(FusedTile tile) {
     case FusedTile::kTcM64N64:
     case FusedTile::kTcM64N64K16:
     case FusedTile::kTcM64N128K16:
+    case FusedTile::kTcWgM64N128K16:
     case FusedTile::kTcM64N32:
     case FusedTile::kTcM32N32:
       return true;
@@ -346,6 +348,8 @@ std::string FusedTileName(FusedTile tile) {
       return "tc-m64n64k16";
     case FusedTile::kTcM64N128K16:
       return "tc-m64n128k16";
+    case FusedTile::kTcWgM64N128K16:
+      return "tc-wg-m64n128k16";
     case FusedTile::kTcM64N32:
       return "tc-m64n32";
     case FusedTile::kTcM32N32:
@@ -459,6 +463,24 @@ absl::Status FusedPairSupported(absl::Span<const KsPattern> chain, DType dtype) 
   return absl::OkStatus();
 }
 
+std::string PairTileName(PairTile tile) {
+  switch (tile) {
+    case PairTile::kRule:
+      return "rule";
+    case PairTile::kM64N64:
+      return "m64n64";
+    case PairTile::kM64N64K64:
+      return "m64n64k64";
+    case PairTile::kM64N128:
+      return "m64n128";
+    case PairTile::kM64N128K64:
+      return "m64n128k64";
+    case PairTile::kM128N128:
+      return "m128n128";
+  }
+  return "unknown";
+}
+
 absl::StatusOr<int64_t> FusedPairPackedBytes(absl::Span<const KsPattern> chain, DType dtype) {
   if (absl::Status s = FusedPairSupported(chain, dtype); !s.ok()) return s;
   return chain[1].d == 1 ? 0 : chain[1].nonzeros() * DTypeSize(dtype);
@@ -479,7 +501,7 @@ absl::Status PackFusedPairWeightsCuda(absl::Span<const KsPattern> chain, DType d
   return NoCuda();
 }
 
-absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void*, CudaStream, int) {
+absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void*, CudaStream, PairTile) {
   if (absl::Status s = FusedPairSupported(params.patterns, params.dtype); !s.ok()) return s;
   return NoCuda();
 }

@@ -101,8 +101,11 @@ absl::StatusOr<int64_t> FusedPairPackedBytes(absl::Span<const KsPattern> chain, 
 absl::Status PackFusedPairWeightsCuda(absl::Span<const KsPattern> chain, DType dtype, const void* second_w,
                                       void* packed, CudaStream stream);
 // y = act(x · (K_2 K_1)ᵀ + bias) in one launch; params.workspace is not used. x and the weights
-// must be 16-byte aligned. block_rows: batch rows per block, 64 or 128; 0 picks by rule.
+// must be 16-byte aligned. kRule picks the block shape; an explicit tile whose intermediate does
+// not fit in shared memory is INVALID_ARGUMENT.
 absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void* packed, CudaStream stream,
-                                    int block_rows = 0);
+                                    PairTile tile = PairTile::kRule);
+// "rule", "m64n64", ...
+std::string PairTileName(PairTile tile);
 
 }  // namespace ksserve::kernels

@@ -80,6 +80,7 @@ enum class FusedTile : uint8_t {
   kTcM64N64,
   kTcM64N64K16,   // s steps of 16: two blocks per SM where kTcM64N64 fits one
   kTcM64N128K16,  // twice as wide in r, one block of up to 16 warps: x crosses L2 half as often
+  kTcWgM64N128K16,  // the same with one wgmma warpgroup per j (sm_90; elsewhere the mma tile runs)
   kTcM64N32,
   kTcM32N32,
 };
@@ -88,7 +89,8 @@ inline constexpr FusedTile kAllFusedTiles[] = {
     FusedTile::kJ4M64N64,    FusedTile::kJ4M64N64Async, FusedTile::kJ8M32N32,      FusedTile::kJ16M16N16,
     FusedTile::kJ32M16N8,    FusedTile::kMmaJ1M128N64,  FusedTile::kMmaJ1M128N128, FusedTile::kMmaJ4M64N64,
     FusedTile::kMmaJ8M32N32, FusedTile::kTcM128N128,    FusedTile::kTcM128N64,     FusedTile::kTcM64N64,
-    FusedTile::kTcM64N64K16, FusedTile::kTcM64N128K16,  FusedTile::kTcM64N32,      FusedTile::kTcM32N32};
+    FusedTile::kTcM64N64K16, FusedTile::kTcM64N128K16,  FusedTile::kTcWgM64N128K16, FusedTile::kTcM64N32,
+    FusedTile::kTcM32N32};
 
 // The register-staged tensor-core tile for a pattern: the rule's choice where the pipelined tiles
 // cannot run, and what those tiles hand such layouts to.
@@ -97,6 +99,12 @@ constexpr FusedTile RegisterStagedMmaTile(const KsPattern& pattern) {
   if (pattern.d >= 4) return FusedTile::kMmaJ4M64N64;
   return pattern.b > 64 ? FusedTile::kMmaJ1M128N128 : FusedTile::kMmaJ1M128N64;
 }
+
+// Block shapes of the fused pair (KsFusedPairForwardCuda): batch rows × outputs per K-step.
+// k64: K-steps of 64 instead of 32.
+enum class PairTile : uint8_t { kRule, kM64N64, kM64N64K64, kM64N128, kM64N128K64, kM128N128 };
+inline constexpr PairTile kAllPairTiles[] = {PairTile::kM64N64, PairTile::kM64N64K64, PairTile::kM64N128,
+                                             PairTile::kM64N128K64, PairTile::kM128N128};
 
 // What runs one factor call: the algorithm and, for kFused, its tile.
 struct KsKernelChoice {

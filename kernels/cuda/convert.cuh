@@ -42,15 +42,13 @@ auto WithStorageType(DType dtype, Fn&& fn) {
 // cudaErrorInvalidValue, as strict FP32 never runs on the tensor-core kernels.
 template <typename Fn>
 cudaError_t With16BitStorageType(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::kBFloat16:
-      return fn(__nv_bfloat16{});
-    case DType::kFloat16:
-      return fn(__half{});
-    case DType::kFloat32:
-      break;
-  }
-  return cudaErrorInvalidValue;
+  return WithStorageType(dtype, [&](auto zero) -> cudaError_t {
+    if constexpr (std::is_same_v<decltype(zero), float>) {
+      return cudaErrorInvalidValue;
+    } else {
+      return fn(zero);
+    }
+  });
 }
 
 // Calls fn(std::integral_constant<int, V>{}) for the run-time vector width V = vec when it is 8

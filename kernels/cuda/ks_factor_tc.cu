@@ -25,6 +25,7 @@
 #include "kernels/cuda/convert.cuh"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/mma_sm80.cuh"
+#include "kernels/cuda/wgmma_sm90.cuh"
 #include "kernels/epilogue.h"
 
 namespace ksserve::kernels::cuda {
@@ -37,9 +38,13 @@ constexpr int kSharedPerBlock = 227 * 1024;
 // BK_: the s step for j groups up to 4 (8 take 16). A step of 16 halves the shared memory of a
 // stage, so two blocks of a wide j group fit on an SM, at one barrier per 16 s.
 // kMaxThreads_: the block size a j group may grow to; 512 makes one block as wide as two.
-template <int BM_, int BN_, int WM_, int WN_, int BK_ = 32, int kMaxThreads_ = 256>
+// kWgmma_: each j's 64 × 128 tile is one warpgroup's wgmma (sm_90) instead of four warps' mma.sync;
+// a warp then holds 16 rows × 128 outputs, in the same fragment order.
+template <int BM_, int BN_, int WM_, int WN_, int BK_ = 32, int kMaxThreads_ = 256, bool kWgmma_ = false>
 struct TcTile {
   static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_, BK = BK_, kMaxThreads = kMaxThreads_;
+  static constexpr bool kWgmma = kWgmma_;
+  static_assert(!kWgmma || (BM == 64 && BN == 128 && WM == 16 && WN == 128), "one m64n128 wgmma per j");
   static constexpr int kWarpsN = BN / WN;
   static constexpr int kWarpsPerJ = (BM / WM) * kWarpsN;
   static constexpr int kMaxJ = kMaxThreads / (32 * kWarpsPerJ);  // a block has JT × kWarpsPerJ warps
@@ -63,6 +68,7 @@ struct TcConfig {
   static constexpr int kRawRows = kPackedW ? BM : BM + BN;                  // rows landed as in memory
   static constexpr int kPackedElements = kPackedW ? JT * BN * kTPitch : 0;  // w, landed k-contiguous
   static constexpr int kStageElements = kRawRows * kRawPitch + kPackedElements;
+  static constexpr bool kWgmma = TileT::kWgmma;
   static constexpr int kTRows = JT > 1 ? kRawRows : 0;      // rows the block transposes
   static constexpr int kTElements = JT * kTRows * kTPitch;  // one of two transposed buffers
   static constexpr int kYElements = BM * (BN * JT + 8);
@@ -86,6 +92,17 @@ struct TcConfig {
   static_assert(JT <= TileT::kMaxJ);
   static_assert(kChunk == 8 || (kChunk == 4 && JT == 4), "16-byte chunks, or runs of 4 values");
   static_assert(kSharedBytes <= kSharedPerBlock);
+  static_assert(!kWgmma || JT > 1 || kChunk == 8, "k-contiguous rows land in 16-byte chunks");
+
+  // Where 8 k-contiguous values (row, k..k+7) of a tensor-core operand go in its tile: rows of
+  // kTPitch for ldmatrix, core matrices for wgmma (which fit in the same space).
+  static __device__ __forceinline__ int OperandOffset(int row, int k) {
+    if constexpr (kWgmma) {
+      return CoreMatrixOffset<BK>(row, k);
+    } else {
+      return row * kTPitch + k;
+    }
+  }
 };
 
 // Word w of the 8-k vector of j = jj, from a block of 8 k × JT j stored s-major in `words` (JT
@@ -198,7 +215,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #pragma unroll
     for (int l = 0; l < Cfg::kRawCopies; ++l) {
       const bool valid = s_valid && (raw_rows_valid >> l & 1u);
-      T* const target = stage + (copy_row + l * kRowsPerPass) * kRawPitch + copy_f;
+      // JT = 1: rows land k-contiguous, ready for the tensor cores; else as in memory.
+      T* const target = JT == 1 ? stage + Cfg::OperandOffset(copy_row + l * kRowsPerPass, copy_f)
+                                : stage + (copy_row + l * kRowsPerPass) * kRawPitch + copy_f;
       CpAsync<kChunk * sizeof(T)>(target, raw_source[l], valid);
       raw_source[l] += BK * d;
     }
@@ -211,7 +230,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       for (int l = 0; l < kPackedCopies; ++l) {
         const int q = copy_q + l * kQPerPass;
         const bool valid = u_valid && (packed_rows_valid >> l & 1u);
-        CpAsync<16>(packed_tile + q * kTPitch + copy_u * 8, packed_source[l], valid);
+        CpAsync<16>(packed_tile + (q / BN) * BN * kTPitch + Cfg::OperandOffset(q % BN, copy_u * 8), packed_source[l],
+                    valid);
         packed_source[l] += BK;
       }
       packed_s += BK;
@@ -236,7 +256,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
         StoreTransposed<JT>(
             reinterpret_cast<const uint32_t*>(block),
             [&](int q, uint4 v) {
-              *reinterpret_cast<uint4*>(t_tile + (q * kTRows + row) * kTPitch + k8 * 8) = v;
+              *reinterpret_cast<uint4*>(t_tile + q * kTRows * kTPitch + Cfg::OperandOffset(row, k8 * 8)) = v;
             },
             std::make_integer_sequence<int, JT>{});
       }
@@ -271,6 +291,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     } else {
       CpAsyncWait<kStages - 2>();
     }
+    if constexpr (Cfg::kWgmma) FenceProxyAsync();  // wgmma reads through the async proxy
     __syncthreads();
     {
       const int next = step + kStages - 1;
@@ -280,32 +301,55 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       CpAsyncCommit();
     }
     const T* stage = raw + buffer * Cfg::kStageElements;
-    const T* xs;
-    const T* ws;
-    int pitch = kTPitch;
+    const T* t_tile = nullptr;  // this j's transposed rows: x, then w unless packed
     if constexpr (JT > 1) {
       if (step + 1 < steps) transpose_step(buffer + 1 == kStages ? 0 : buffer + 1, (step + 1) & 1);
-      const T* const t_tile = transposed + (step & 1) * Cfg::kTElements + jj * kTRows * kTPitch;
-      xs = t_tile + warp_m * WM * kTPitch;
-      ws = Cfg::kPackedW ? stage + kRawRows * kRawPitch + (jj * BN + warp_n * WN) * kTPitch
-                         : t_tile + (BM + warp_n * WN) * kTPitch;
-    } else {
-      pitch = kRawPitch;
-      xs = stage + warp_m * WM * kRawPitch;
-      ws = stage + (BM + warp_n * WN) * kRawPitch;
+      t_tile = transposed + (step & 1) * Cfg::kTElements + jj * kTRows * kTPitch;
     }
+    if constexpr (Cfg::kWgmma) {
+      // The j's warpgroup multiplies its 64 x rows by its 128 w rows, 16 s at a time.
+      const T* a_tile = stage;
+      const T* b_tile = stage + Cfg::OperandOffset(BM, 0);
+      if constexpr (JT > 1) {
+        a_tile = t_tile;
+        b_tile = Cfg::kPackedW ? stage + kRawRows * kRawPitch + jj * BN * kTPitch : t_tile + Cfg::OperandOffset(BM, 0);
+      }
+      constexpr uint32_t kRowGroupBytes = BK / 8 * 128;
+      float(&d)[64] = reinterpret_cast<float(&)[64]>(acc);
+      WgmmaFence();
 #pragma unroll
-    for (int kk = 0; kk < BK; kk += 16) {
-      uint32_t af[kMi][4], bf[kNi][2];
+      for (int kk = 0; kk < BK; kk += 16) {
+        WgmmaM64N128K16<T>(d, SharedMatrixDescriptor(a_tile + kk / 8 * 64, kRowGroupBytes),
+                           SharedMatrixDescriptor(b_tile + kk / 8 * 64, kRowGroupBytes));
+      }
+      WgmmaCommit();
+      WgmmaWait<0>();  // the next transpose and copies overwrite what it reads
+    } else {
+      const T* xs;
+      const T* ws;
+      int pitch = kTPitch;
+      if constexpr (JT > 1) {
+        xs = t_tile + warp_m * WM * kTPitch;
+        ws = Cfg::kPackedW ? stage + kRawRows * kRawPitch + (jj * BN + warp_n * WN) * kTPitch
+                           : t_tile + (BM + warp_n * WN) * kTPitch;
+      } else {
+        pitch = kRawPitch;
+        xs = stage + warp_m * WM * kRawPitch;
+        ws = stage + (BM + warp_n * WN) * kRawPitch;
+      }
 #pragma unroll
-      for (int mi = 0; mi < kMi; ++mi) LoadFragmentA(af[mi], xs + mi * 16 * pitch + kk, pitch, lane);
+      for (int kk = 0; kk < BK; kk += 16) {
+        uint32_t af[kMi][4], bf[kNi][2];
 #pragma unroll
-      for (int ni = 0; ni < kNi; ni += 2)
-        LoadFragmentsB(bf[ni], bf[ni + 1], ws + ni * 8 * pitch + kk, pitch, lane);
+        for (int mi = 0; mi < kMi; ++mi) LoadFragmentA(af[mi], xs + mi * 16 * pitch + kk, pitch, lane);
 #pragma unroll
-      for (int mi = 0; mi < kMi; ++mi) {
+        for (int ni = 0; ni < kNi; ni += 2)
+          LoadFragmentsB(bf[ni], bf[ni + 1], ws + ni * 8 * pitch + kk, pitch, lane);
 #pragma unroll
-        for (int ni = 0; ni < kNi; ++ni) Mma<T>(acc[mi][ni], af[mi], bf[ni]);
+        for (int mi = 0; mi < kMi; ++mi) {
+#pragma unroll
+          for (int ni = 0; ni < kNi; ++ni) Mma<T>(acc[mi][ni], af[mi], bf[ni]);
+        }
       }
     }
     if (++buffer == kStages) buffer = 0;
@@ -406,9 +450,17 @@ cudaError_t LaunchLayout(const KsFactorParams& p, const void* packed_w, cudaStre
   return LaunchConfig<T, TileT, JT, kChunk, false>(p, nullptr, stream);
 }
 
+// wgmma needs sm_90 (the sm_90a code in the fat binary).
+bool DeviceRunsWgmma() {
+  int device = 0, major = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major == 9;
+}
+
 template <typename T, typename TileT>
 cudaError_t LaunchTc(const KsFactorParams& p, const void* packed_w, cudaStream_t stream, bool* ran) {
   *ran = false;
+  if (TileT::kWgmma && !DeviceRunsWgmma()) return cudaSuccess;
   const KsPattern& k = p.pattern;
   const int jt = ChooseJ(k.d, TileT::kMaxJ);
   if (jt == 0 || k.c % 8 != 0) return cudaSuccess;  // c % 8: whole steps of 16-byte runs along s
@@ -481,6 +533,9 @@ cudaError_t LaunchKsFactorTc(const KsFactorParams& params, FusedTile tile, const
       break;
     case FusedTile::kTcM64N128K16:
       err = LaunchTcTile<TcTile<64, 128, 64, 32, 16, 512>>(params, packed_w, stream, &ran);
+      break;
+    case FusedTile::kTcWgM64N128K16:
+      err = LaunchTcTile<TcTile<64, 128, 16, 128, 16, 512, true>>(params, packed_w, stream, &ran);
       break;
     case FusedTile::kTcM64N32:
       err = LaunchTcTile<TcTile<64, 32, 64, 32>>(params, packed_w, stream, &ran);

@@ -36,9 +36,9 @@ struct KsPairArgs {
   DType dtype = DType::kBFloat16;
   Activation activation = Activation::kNone;
 };
-// Dynamic shared memory of one block of `block_rows` (64 or 128) batch rows.
-int KsPairSharedBytes(const KsPattern& second, int block_rows);
-cudaError_t LaunchKsPairTc(const KsPairArgs& params, int block_rows, cudaStream_t stream);
+// Dynamic shared memory of one block of `tile` (not kRule).
+int64_t KsPairSharedBytes(const KsPattern& first, const KsPattern& second, PairTile tile);
+cudaError_t LaunchKsPairTc(const KsPairArgs& params, PairTile tile, cudaStream_t stream);
 
 // Raises `kernel`'s dynamic shared-memory limit to at least `bytes` on the current device (once).
 cudaError_t AllowDynamicShared(const void* kernel, int bytes);

@@ -198,10 +198,11 @@ TEST_F(CudaAlgorithmsTest, MisalignedOperandsAreCorrect) {
 }
 
 // Runs the fused pair (packing the second factor's weights first) into a NaN-poisoned output;
-// nullopt when 128-row blocks of this pair do not fit in shared memory (a clear error, checked).
+// nullopt when an explicit block shape of this pair does not fit in shared memory (a clear error,
+// checked; the rule always finds one for the pairs below).
 std::optional<torch::Tensor> RunFusedPair(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& w2,
                                           const std::optional<torch::Tensor>& bias, Activation activation,
-                                          int block_rows) {
+                                          PairTile tile) {
   const std::vector<KsPattern> chain = {{w1.size(0), w1.size(1), w1.size(2), w1.size(3)},
                                         {w2.size(0), w2.size(1), w2.size(2), w2.size(3)}};
   const DType dtype = ToDType(x.scalar_type());
@@ -220,9 +221,9 @@ std::optional<torch::Tensor> RunFusedPair(const torch::Tensor& x, const torch::T
                        .batch = x.size(0),
                        .dtype = dtype,
                        .activation = activation};
-  const absl::Status ran = KsFusedPairForwardCuda(params, packed.const_data_ptr(), stream, block_rows);
-  if (block_rows == 128 && ran.code() == absl::StatusCode::kInvalidArgument &&
-      ran.message().find("does not fit") != std::string::npos) {
+  const absl::Status ran = KsFusedPairForwardCuda(params, packed.const_data_ptr(), stream, tile);
+  if (tile != PairTile::kRule && ran.code() == absl::StatusCode::kInvalidArgument &&
+      ran.message().find("do not fit") != std::string::npos) {
     return std::nullopt;
   }
   EXPECT_TRUE(ran.ok()) << ran;
@@ -244,7 +245,8 @@ TEST_F(CudaAlgorithmsTest, FusedPairMatchesFp64) {
   int k = 0;
   for (const PairCase& pair : pairs) {
     for (const auto dtype : {torch::kBFloat16, torch::kFloat16}) {
-      for (const int block_rows : {64, 128}) {
+      for (const PairTile tile : {PairTile::kRule, PairTile::kM64N64, PairTile::kM64N64K64, PairTile::kM64N128,
+                                  PairTile::kM64N128K64, PairTile::kM128N128}) {
         const int64_t batch = batches[k % std::size(batches)];
         const Activation activation = static_cast<Activation>(k % 4);
         ++k;
@@ -257,8 +259,8 @@ TEST_F(CudaAlgorithmsTest, FusedPairMatchesFp64) {
         const torch::Tensor x = torch::randn({batch, p1.in_features()}, cuda_).to(dtype);
         const std::optional<torch::Tensor> bias =
             k % 2 ? std::optional(torch::randn({p2.out_features()}, cuda_).to(dtype)) : std::nullopt;
-        const std::optional<torch::Tensor> fused = RunFusedPair(x, w1, w2, bias, activation, block_rows);
-        if (!fused.has_value()) continue;  // 128 rows of this intermediate exceed shared memory
+        const std::optional<torch::Tensor> fused = RunFusedPair(x, w1, w2, bias, activation, tile);
+        if (!fused.has_value()) continue;  // this block shape's intermediate exceeds shared memory
         const torch::Tensor& y = *fused;
         EXPECT_TRUE(torch::isfinite(y).all().item<bool>()) << "fused pair left outputs unwritten: "
                                                            << PatternToString(p1) << PatternToString(p2) << " batch "
@@ -268,7 +270,7 @@ TEST_F(CudaAlgorithmsTest, FusedPairMatchesFp64) {
         const torch::Tensor reference = TorchChainReference(x.index_select(0, index), {w1, w2}, bias, activation);
         EXPECT_LE(TorchRelativeError(y.index_select(0, index), reference), Tolerance(dtype))
             << "fused pair " << PatternToString(p1) << PatternToString(p2) << " batch " << batch << " "
-            << c10::toString(dtype) << " rows/block " << block_rows;
+            << c10::toString(dtype) << " tile " << PairTileName(tile);
       }
     }
   }

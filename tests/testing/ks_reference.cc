@@ -1,5 +1,6 @@
 #include "tests/testing/ks_reference.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -119,7 +120,8 @@ double RelativeError(absl::Span<const double> got, absl::Span<const double> ref)
     err += (got[k] - ref[k]) * (got[k] - ref[k]);
     norm += ref[k] * ref[k];
   }
-  return norm == 0 ? std::sqrt(err) : std::sqrt(err / norm);
+  const double floor = kErrorScaleFloor * kErrorScaleFloor * static_cast<double>(got.size());
+  return std::sqrt(err / std::max(norm, floor));
 }
 
 std::vector<double> TypedToDouble(DType dtype, const void* bits, int64_t count) {

@@ -15,8 +15,8 @@ namespace ksserve::testing {
 torch::Tensor TorchChainReference(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
                                   const std::optional<torch::Tensor>& bias, kernels::Activation activation);
 
-// ‖got − ref‖_F / ‖ref‖_F (absolute when ref is all zero) with got moved to the CPU in FP64;
-// NaN if got has a non-finite element.
+// ‖got − ref‖_F / ‖ref‖_F with got moved to the CPU in FP64, ‖ref‖ floored as in RelativeError
+// (ks_reference.h); NaN if got has a non-finite element.
 double TorchRelativeError(const torch::Tensor& got, const torch::Tensor& ref);
 
 }  // namespace ksserve::testing
