@@ -231,11 +231,10 @@ absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void* pac
     // By measurement on the model pairs: K-steps of 64 where they fit, 128 outputs per step for a
     // wide second factor (the MLP up layers), else 64; the first shape that fits.
     using enum PairTile;
-    const bool wide = second.b >= 512;
-    const PairTile order[] = {wide ? kM64N128K64 : kM64N64K64, wide ? kM64N128 : kM64N64,
-                              wide ? kM64N64K64 : kM64N128K64, wide ? kM64N64 : kM64N128, kM128N128};
+    static constexpr PairTile kNarrow[] = {kM64N64K64, kM64N64, kM64N128K64, kM64N128, kM128N128};
+    static constexpr PairTile kWide[] = {kM64N128K64, kM64N128, kM64N64K64, kM64N64, kM128N128};
     tile = kM64N64;
-    for (PairTile preferred : order) {
+    for (PairTile preferred : second.b >= 512 ? kWide : kNarrow) {
       if (fits(preferred)) {
         tile = preferred;
         break;

@@ -242,11 +242,12 @@ TEST_F(CudaAlgorithmsTest, FusedPairMatchesFp64) {
       {{3, 40, 24, 1}, {5, 24, 8, 3}}, {{1, 16, 16, 1}, {2, 100, 8, 1}}, {{7, 72, 40, 1}, {9, 13, 56, 1}}};
   const int64_t batches[] = {1, 17, 196, 1568, 10007, 25088};
   std::mt19937 rng(std::random_device{}());
+  std::vector<PairTile> tiles = {PairTile::kRule};  // then every explicit block shape
+  tiles.insert(tiles.end(), std::begin(kAllPairTiles), std::end(kAllPairTiles));
   int k = 0;
   for (const PairCase& pair : pairs) {
     for (const auto dtype : {torch::kBFloat16, torch::kFloat16}) {
-      for (const PairTile tile : {PairTile::kRule, PairTile::kM64N64, PairTile::kM64N64K64, PairTile::kM64N128,
-                                  PairTile::kM64N128K64, PairTile::kM128N128}) {
+      for (const PairTile tile : tiles) {
         const int64_t batch = batches[k % std::size(batches)];
         const Activation activation = static_cast<Activation>(k % 4);
         ++k;
