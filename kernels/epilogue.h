@@ -22,7 +22,12 @@ KSSERVE_HOST_DEVICE inline float ApplyActivation(float v) {
     // 0.5·v·(1 + tanh(u)) written as v·sigmoid(2u): no cancellation in 1 + tanh(u) for v ≪ 0,
     // where the output is tiny and FP32 would keep few correct digits of it.
     constexpr float kSqrt2OverPi = 0.7978845608028654f;
-    return v / (1.0f + expf(-2.0f * kSqrt2OverPi * (v + 0.044715f * v * v * v)));
+    const float u2 = -2.0f * kSqrt2OverPi * (v + 0.044715f * v * v * v);
+#if defined(__CUDA_ARCH__)
+    return __fdividef(v, 1.0f + __expf(u2));  // the precise division costs the MLP-up pair ~20%
+#else
+    return v / (1.0f + expf(u2));
+#endif
   } else if constexpr (kActivation == Activation::kGeluErf) {
     // 0.5·v·(1 + erf(v/√2)) as 0.5·v·erfc(−v/√2), accurate in the negative tail for the same reason.
     return 0.5f * v * erfcf(v * -0.7071067811865476f);

@@ -226,16 +226,25 @@ absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void* pac
       !s.ok()) {
     return s;
   }
-  const auto fits = [&](PairTile t) { return cuda::KsPairSharedBytes(first, second, t) <= shared_limit; };
+  const bool wgmma = cuda::KsPairWgmmaRuns(second);
+  // A warpgroup-MMA shape asked for where it cannot run: the rule's mma.sync shape instead.
+  if (cuda::PairTileUsesWgmma(tile) && !wgmma) tile = PairTile::kRule;
+  const auto fits = [&](PairTile t) {
+    return (cuda::PairTileUsesWgmma(t) ? cuda::KsPairWgmmaSharedBytes(first, second, t)
+                                       : cuda::KsPairSharedBytes(first, second, t)) <= shared_limit;
+  };
   if (tile == PairTile::kRule) {
-    // By measurement on the model pairs: K-steps of 64 where they fit, 128 outputs per step for a
-    // wide second factor (the MLP up layers), else 64; the first shape that fits.
+    // By measurement on the model pairs: warpgroup MMA where it runs and fits, then mma.sync with
+    // K-steps of 64 where they fit, 128 outputs per step for a wide second factor (the MLP up
+    // layers), else 64; the first shape that fits.
     using enum PairTile;
-    static constexpr PairTile kNarrow[] = {kM64N64K64, kM64N64, kM64N128K64, kM64N128, kM128N128};
-    static constexpr PairTile kWide[] = {kM64N128K64, kM64N128, kM64N64K64, kM64N64, kM128N128};
+    static constexpr PairTile kNarrow[] = {kWgM128,     kWgM64,   kM64N64K64, kM64N64,
+                                           kM64N128K64, kM64N128, kM128N128};
+    static constexpr PairTile kWide[] = {kWgM128,    kWgM64,  kM64N128K64, kM64N128,
+                                         kM64N64K64, kM64N64, kM128N128};
     tile = kM64N64;
     for (PairTile preferred : second.b >= 512 ? kWide : kNarrow) {
-      if (fits(preferred)) {
+      if ((wgmma || !cuda::PairTileUsesWgmma(preferred)) && fits(preferred)) {
         tile = preferred;
         break;
       }
@@ -257,7 +266,9 @@ absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void* pac
                               .second = second,
                               .dtype = params.dtype,
                               .activation = params.activation};
-  return CudaStatus(cuda::LaunchKsPairTc(args, tile, stream), "KS fused pair launch");
+  return CudaStatus(cuda::PairTileUsesWgmma(tile) ? cuda::LaunchKsPairWgmma(args, tile, stream)
+                                                  : cuda::LaunchKsPairTc(args, tile, stream),
+                    "KS fused pair launch");
 }
 
 }  // namespace ksserve::kernels

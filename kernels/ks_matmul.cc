@@ -477,6 +477,10 @@ std::string PairTileName(PairTile tile) {
       return "m64n128k64";
     case PairTile::kM128N128:
       return "m128n128";
+    case PairTile::kWgM64:
+      return "wg-m64";
+    case PairTile::kWgM128:
+      return "wg-m128";
   }
   return "unknown";
 }

@@ -101,10 +101,21 @@ constexpr FusedTile RegisterStagedMmaTile(const KsPattern& pattern) {
 }
 
 // Block shapes of the fused pair (KsFusedPairForwardCuda): batch rows × outputs per K-step.
-// k64: K-steps of 64 instead of 32.
-enum class PairTile : uint8_t { kRule, kM64N64, kM64N64K64, kM64N128, kM64N128K64, kM128N128 };
-inline constexpr PairTile kAllPairTiles[] = {PairTile::kM64N64, PairTile::kM64N64K64, PairTile::kM64N128,
-                                             PairTile::kM64N128K64, PairTile::kM128N128};
+// k64: K-steps of 64 instead of 32. kWg*: warpgroup MMA with 64 or 128 batch rows per block
+// (sm_90, second.d <= 4; elsewhere the rule's mma.sync shape runs instead).
+enum class PairTile : uint8_t {
+  kRule,
+  kM64N64,
+  kM64N64K64,
+  kM64N128,
+  kM64N128K64,
+  kM128N128,
+  kWgM64,
+  kWgM128,
+};
+inline constexpr PairTile kAllPairTiles[] = {PairTile::kM64N64,     PairTile::kM64N64K64, PairTile::kM64N128,
+                                             PairTile::kM64N128K64, PairTile::kM128N128,  PairTile::kWgM64,
+                                             PairTile::kWgM128};
 
 // What runs one factor call: the algorithm and, for kFused, its tile.
 struct KsKernelChoice {

@@ -450,13 +450,6 @@ cudaError_t LaunchLayout(const KsFactorParams& p, const void* packed_w, cudaStre
   return LaunchConfig<T, TileT, JT, kChunk, false>(p, nullptr, stream);
 }
 
-// wgmma needs sm_90 (the sm_90a code in the fat binary).
-bool DeviceRunsWgmma() {
-  int device = 0, major = 0;
-  return cudaGetDevice(&device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major == 9;
-}
-
 template <typename T, typename TileT>
 cudaError_t LaunchTc(const KsFactorParams& p, const void* packed_w, cudaStream_t stream, bool* ran) {
   *ran = false;
@@ -497,6 +490,13 @@ cudaError_t LaunchTcTile(const KsFactorParams& p, const void* packed_w, cudaStre
 }
 
 }  // namespace
+
+// wgmma needs sm_90 (the sm_90a code in the fat binary).
+bool DeviceRunsWgmma() {
+  int device = 0, major = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major == 9;
+}
 
 cudaError_t AllowDynamicShared(const void* kernel, int bytes) {
   static std::mutex mutex;

@@ -360,6 +360,8 @@ auto WithPairShape(PairTile tile, Fn&& fn) {
       return fn(PairM128N128{});
     case PairTile::kRule:
     case PairTile::kM64N64:
+    case PairTile::kWgM64:  // not here: ks_pair_wgmma.cu
+    case PairTile::kWgM128:
       break;
   }
   return fn(PairM64N64{});

@@ -40,6 +40,16 @@ struct KsPairArgs {
 int64_t KsPairSharedBytes(const KsPattern& first, const KsPattern& second, PairTile tile);
 cudaError_t LaunchKsPairTc(const KsPairArgs& params, PairTile tile, cudaStream_t stream);
 
+// The warpgroup-MMA pair (ks_pair_wgmma.cu), for the kWg* tiles.
+bool PairTileUsesWgmma(PairTile tile);
+// On this device, for this second factor (sm_90, second.d <= 4).
+bool KsPairWgmmaRuns(const KsPattern& second);
+int64_t KsPairWgmmaSharedBytes(const KsPattern& first, const KsPattern& second, PairTile tile);
+cudaError_t LaunchKsPairWgmma(const KsPairArgs& params, PairTile tile, cudaStream_t stream);
+
+// The current device runs the sm_90a code (wgmma) of the fat binary.
+bool DeviceRunsWgmma();
+
 // Raises `kernel`'s dynamic shared-memory limit to at least `bytes` on the current device (once).
 cudaError_t AllowDynamicShared(const void* kernel, int bytes);
 

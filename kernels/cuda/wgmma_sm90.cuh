@@ -29,6 +29,15 @@ __device__ __forceinline__ uint64_t SharedMatrixDescriptor(const void* tile, uin
          uint64_t{(row_group_bytes >> 4) & 0x3fff} << 32;
 }
 
+// A K-major operand tile as the tensor memory accelerator writes it with 128-byte swizzle: rows
+// of 64 16-bit values (128 bytes), 8-row groups 1024 bytes apart, the tile 1024-byte aligned. The
+// next k16 of the same rows starts 32 bytes on (2 in the address field).
+__device__ __forceinline__ uint64_t SharedMatrixDescriptorSwizzle128(const void* tile) {
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(tile));
+  return uint64_t{(address & 0x3ffff) >> 4} | uint64_t{1} << 16 | uint64_t{1024 >> 4} << 32 |
+         uint64_t{1} << 62;
+}
+
 // Orders this thread's generic-proxy shared-memory writes (st.shared, cp.async) before later
 // reads by the async proxy (wgmma); then a barrier makes them visible to the warpgroup.
 __device__ __forceinline__ void FenceProxyAsync() {
@@ -95,6 +104,41 @@ __device__ __forceinline__ void WgmmaM64N128K16(float (&d)[64], uint64_t desc_a,
 #endif
 }
 
+// The same for a 64 × 16 A and a 64 × 16 B: d[32], n8 block i in d[4·i .. 4·i + 3]; !accumulate:
+// d = a · bᵀ (rather than zeroing the accumulators in a loop, which makes the compiler wait for
+// them after every wgmma).
+#define KSSERVE_WGMMA_M64N64K16(TYPE)                                                                   \
+  asm volatile(                                                                                         \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                      \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                                       \
+      " "                                                                                               \
+      "{"                                                                                               \
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                          \
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "               \
+      "%32, %33, p, 1, 1, 0, 0;\n}\n"                                                                   \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),        \
+        "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),      \
+        "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),      \
+        "+f"(d[29]), "+f"(d[30]), "+f"(d[31])                                                           \
+      : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)))
+
+template <typename T>
+__device__ __forceinline__ void WgmmaM64N64K16(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
+                                               bool accumulate) {
+  static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>);
+#if KSSERVE_WGMMA
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    KSSERVE_WGMMA_M64N64K16("bf16");
+  } else {
+    KSSERVE_WGMMA_M64N64K16("f16");
+  }
+#else
+  __trap();
+#endif
+}
+
 #undef KSSERVE_WGMMA_M64N128K16
+#undef KSSERVE_WGMMA_M64N64K16
 
 }  // namespace ksserve::kernels::cuda

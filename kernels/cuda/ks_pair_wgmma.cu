@@ -1,0 +1,456 @@
+// The fused pair on Hopper warpgroup MMA (sm_90; BF16/FP16, FP32 accumulation).
+//
+// Same chain and intermediate as ks_pair_tc.cu, built for throughput. A block of one or two
+// warpgroups owns 64 batch rows per warpgroup and walks row tiles persistently. Each warpgroup
+// holds up to four 64 × 64 FP32 accumulator tiles ("slots"), so one K-step feeds each warpgroup
+// up to sixteen m64n64k16 wgmma:
+//   phase 1, per (i1, 256 rows of K_1): slot q holds rows r0 + 64q, all against the same x slice;
+//   phase 2, per (i2, 64·(4/d2) rows of K_2): slot q holds (sub = q / d2, j2 = q % d2), so
+//     every j2 of an output row is in registers at once and the thread's 2·d2 outputs for two
+//     adjacent r are contiguous in y: they go out as one store, no staging.
+// The intermediate is kept as K-major core matrices per (i2, j2) so that phase 2 reads it
+// straight from shared memory with wgmma. x and the weights come in by TMA (one thread issues a
+// step's boxes; they land 128-byte swizzled, the layout wgmma reads), as many stages as fit, each
+// completing on its own mbarrier; the pipeline runs on across phases and row tiles, and x is
+// asked into L2 a few steps ahead of its boxes. Boxes that reach past a matrix read zeros there;
+// where they reach into a neighbouring i or j instead, the other operand is zero there or the
+// outputs are not stored. (So where c1 is not a multiple of 64, a non-finite x value can reach
+// the outputs of the neighbouring i1 through 0 · inf; the model patterns have c1 % 64 == 0.)
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "kernels/cuda/convert.cuh"
+#include "kernels/cuda/launch.h"
+#include "kernels/cuda/tma_sm90.cuh"
+#include "kernels/cuda/wgmma_sm90.cuh"
+#include "kernels/epilogue.h"
+
+namespace ksserve::kernels::cuda {
+namespace {
+
+constexpr int kSlots = 4;      // 64 × 64 accumulator tiles per warpgroup
+constexpr int kSlotRows = 64;  // weight rows (outputs) per slot
+constexpr int kBK = 64;        // K per step: four k16 wgmma per slot
+constexpr int kMaxStages = 8;
+constexpr int kPrefetchSteps = 8;          // how far x is asked into L2 ahead of its boxes
+constexpr int64_t kSharedBudget = 232448;  // opt-in shared memory per block on sm_90
+constexpr int kMaxSecondD = kSlots;        // every j2 of a row in one step
+constexpr int kAlign = 1024;               // of a swizzled TMA box in shared memory
+
+struct WgPairGeometry {
+  int mid_pitch = 0;       // c2 rounded up to kBK: K of one (i2, j2) intermediate tile
+  int subs1 = 0;           // slots of a phase-1 chunk (64 rows of K_1 each)
+  int subs2 = 0;           // 64-row slices of K_2 per phase-2 chunk (each with all d2 slots)
+  int stage_elements = 0;  // one pipeline stage: [BM × kBK of x (phase 1)][slots × 64 × kBK of w]
+  int stages = 2;          // as many as fit next to the intermediate, up to kMaxStages
+  int64_t row_tiles = 0;
+  bool vector_stores = false;  // y 16-byte aligned and b2 even: a thread's 2·d2 outputs as one store
+};
+
+template <int kWarpGroups>
+WgPairGeometry Geometry(const KsPattern& first, const KsPattern& second, int64_t batch) {
+  constexpr int BM = 64 * kWarpGroups;
+  WgPairGeometry g;
+  g.mid_pitch = static_cast<int>((second.c + kBK - 1) / kBK * kBK);
+  g.subs1 = static_cast<int>(std::min<int64_t>(kSlots, (first.b + kSlotRows - 1) / kSlotRows));
+  g.subs2 = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(kSlots / std::max<int64_t>(second.d, 1), (second.b + kSlotRows - 1) / kSlotRows)));
+  g.stage_elements =
+      std::max(BM + g.subs1 * kSlotRows, g.subs2 * static_cast<int>(second.d) * kSlotRows) * kBK;
+  g.row_tiles = (batch + BM - 1) / BM;
+  const int64_t fixed_bytes =
+      kAlign + 2 * second.a * second.d * BM * g.mid_pitch + 4 * second.in_features() + 8 * kMaxStages;
+  g.stages = static_cast<int>(
+      std::clamp<int64_t>((kSharedBudget - fixed_bytes) / (2 * int64_t{g.stage_elements}), 2, kMaxStages));
+  return g;
+}
+
+template <int kWarpGroups>
+int64_t SharedBytes(const KsPattern& first, const KsPattern& second) {
+  constexpr int BM = 64 * kWarpGroups;
+  const WgPairGeometry g = Geometry<kWarpGroups>(first, second, 1);
+  return kAlign + 2 * (int64_t{g.stages} * g.stage_elements + second.a * second.d * BM * g.mid_pitch) +
+         4 * second.in_features() + 8 * kMaxStages;
+}
+
+// Calls fn(std::integral_constant<int, D>{}) for D = d in 1..kMaxSecondD.
+template <typename Fn>
+__device__ __forceinline__ void WithSecondD(int d, Fn&& fn) {
+  switch (d) {
+    case 1:
+      return fn(std::integral_constant<int, 1>{});
+    case 2:
+      return fn(std::integral_constant<int, 2>{});
+    case 3:
+      return fn(std::integral_constant<int, 3>{});
+    default:
+      return fn(std::integral_constant<int, 4>{});
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t PackPair(float lo, float hi) {
+  const T pair[2] = {FromFloat<T>(lo), FromFloat<T>(hi)};
+  uint32_t word;
+  memcpy(&word, pair, sizeof(word));
+  return word;
+}
+
+// kWords consecutive 32-bit words at `to` (aligned to their size when kWords is 2 or 4).
+template <int kWords>
+__device__ __forceinline__ void StoreWords(void* to, const uint32_t (&words)[kWords]) {
+  if constexpr (kWords == 4) {
+    *reinterpret_cast<uint4*>(to) = make_uint4(words[0], words[1], words[2], words[3]);
+  } else if constexpr (kWords == 2) {
+    *reinterpret_cast<uint2*>(to) = make_uint2(words[0], words[1]);
+  } else {
+#pragma unroll
+    for (int w = 0; w < kWords; ++w) static_cast<uint32_t*>(to)[w] = words[w];
+  }
+}
+
+template <typename T, int kWarpGroups>
+__global__ void __launch_bounds__(128 * kWarpGroups, 1)
+    KsPairWgmmaKernel(KsPairArgs p, WgPairGeometry g, const __grid_constant__ CUtensorMap x_map,
+                      const __grid_constant__ CUtensorMap w1_map,
+                      const __grid_constant__ CUtensorMap w2_map) {
+  constexpr int BM = 64 * kWarpGroups, kThreads = 128 * kWarpGroups;
+  constexpr uint32_t kXBoxBytes = BM * kBK * 2, kSlotBoxBytes = kSlotRows * kBK * 2;
+  extern __shared__ __align__(128) unsigned char shared_bytes[];
+  const int a1 = static_cast<int>(p.first.a), b1 = static_cast<int>(p.first.b),
+            c1 = static_cast<int>(p.first.c);
+  const int a2 = static_cast<int>(p.second.a), b2 = static_cast<int>(p.second.b);
+  const int c2 = static_cast<int>(p.second.c), d2 = static_cast<int>(p.second.d);
+  const int out2 = a2 * b2 * d2, mid_pitch = g.mid_pitch;
+  const int mid_tile = BM * mid_pitch;  // elements of one (i2, j2) intermediate tile
+  T* const stages =
+      reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(shared_bytes) + kAlign - 1) / kAlign * kAlign);
+  T* const mid = stages + g.stages * g.stage_elements;  // [(i2·d2 + j2)][BM × mid_pitch core matrices]
+  // Where intermediate feature f (row 0) lies in `mid`: the phase-1 epilogue looks it up rather
+  // than dividing by c2 and d2 for every value.
+  int* const feature_offset = reinterpret_cast<int*>(mid + a2 * d2 * mid_tile);
+  uint64_t* const stage_full = reinterpret_cast<uint64_t*>(feature_offset + a1 * b1 + (a1 * b1) % 2);
+  if (threadIdx.x == 0) {
+    for (int st = 0; st < g.stages; ++st) MbarrierInit(&stage_full[st], 1);
+    FenceMbarrierInit();
+  }
+
+  // wgmma reads K up to the next multiple of kBK past c2; those columns must hold finite zeros.
+  for (int e = threadIdx.x * 8; e < a2 * d2 * mid_tile; e += kThreads * 8) {
+    *reinterpret_cast<uint4*>(mid + e) = make_uint4(0, 0, 0, 0);
+  }
+  for (int f = threadIdx.x; f < a1 * b1; f += kThreads) {
+    const int i2 = f / (c2 * d2), rest = f - i2 * c2 * d2, s2 = rest / d2, j = rest - s2 * d2;
+    feature_offset[f] = (i2 * d2 + j) * mid_tile + (s2 / 8) * 64 + s2 % 8;
+  }
+  // Phase-2 slot q: 64-row slice q / d2 of K_2 at j2 = q % d2, by comparisons (d2 <= 4).
+  const auto slot_sub = [&](int q) { return (q >= d2) + (q >= 2 * d2) + (q >= 3 * d2); };
+
+  // Where the pipeline is: row tile, phase, i (i1 or i2), first weight row r0 and K offset.
+  struct Position {
+    int64_t tile;
+    int phase, i, r0, k0;
+  };
+  const int chunk1 = g.subs1 * kSlotRows, chunk2 = g.subs2 * kSlotRows;
+  const auto advance = [&](Position& at) {
+    at.k0 += kBK;
+    if (at.k0 < (at.phase == 1 ? c1 : c2)) return;
+    at.k0 = 0;
+    at.r0 += at.phase == 1 ? chunk1 : chunk2;
+    if (at.r0 < (at.phase == 1 ? b1 : b2)) return;
+    at.r0 = 0;
+    if (++at.i < (at.phase == 1 ? a1 : a2)) return;
+    at.i = 0;
+    if (at.phase == 1) {
+      at.phase = 2;
+    } else {
+      at.phase = 1;
+      at.tile += gridDim.x;
+    }
+  };
+  // Slot q of a step at `at` has work: its weight rows start inside b.
+  const auto slot_active = [&](const Position& at, int q) {
+    return at.phase == 1 ? q < g.subs1 && at.r0 + q * kSlotRows < b1
+                         : q < g.subs2 * d2 && at.r0 + slot_sub(q) * kSlotRows < b2;
+  };
+
+  // One thread issues the boxes of a step; their bytes complete the stage's barrier.
+  const auto load = [&](const Position& at, int buffer) {
+    if (at.tile >= g.row_tiles || threadIdx.x != 0) return;
+    T* const stage = stages + buffer * g.stage_elements;
+    uint64_t* const full = &stage_full[buffer];
+    uint32_t bytes = 0;
+#pragma unroll
+    for (int q = 0; q < kSlots; ++q) bytes += slot_active(at, q) ? kSlotBoxBytes : 0;
+    if (at.phase == 1) {
+      MbarrierArriveExpectTx(full, bytes + kXBoxBytes);
+      TmaLoad2d(stage, &x_map, at.i * c1 + at.k0, static_cast<int>(at.tile * BM), full);
+#pragma unroll
+      for (int q = 0; q < kSlots; ++q) {
+        if (!slot_active(at, q)) continue;
+        TmaLoad2d(stage + (BM + q * kSlotRows) * kBK, &w1_map, at.k0, at.i * b1 + at.r0 + q * kSlotRows,
+                  full);
+      }
+    } else {
+      MbarrierArriveExpectTx(full, bytes);
+#pragma unroll
+      for (int q = 0; q < kSlots; ++q) {
+        if (!slot_active(at, q)) continue;
+        const int sub = slot_sub(q), j = q - sub * d2;
+        TmaLoad2d(stage + q * kSlotRows * kBK, &w2_map, at.k0, (at.i * d2 + j) * b2 + at.r0 + sub * kSlotRows,
+                  full);
+      }
+    }
+  };
+
+  // x boxes into L2 kPrefetchSteps ahead of their loads (DRAM latency is longer than the
+  // pipeline covers); the weights stay in L2 anyway.
+  Position prefetch_at{blockIdx.x, 1, 0, 0, 0};
+  const auto prefetch = [&] {
+    if (threadIdx.x == 0 && prefetch_at.tile < g.row_tiles && prefetch_at.phase == 1 && prefetch_at.r0 == 0) {
+      TmaPrefetch2d(&x_map, prefetch_at.i * c1 + prefetch_at.k0, static_cast<int>(prefetch_at.tile * BM));
+    }
+    advance(prefetch_at);
+  };
+  __syncthreads();  // the barriers are initialized
+  Position copy_at{blockIdx.x, 1, 0, 0, 0};
+  for (int st = 0; st < g.stages - 1; ++st) {
+    load(copy_at, st);
+    advance(copy_at);
+  }
+  for (int st = 0; st < g.stages - 1 + kPrefetchSteps; ++st) prefetch();
+
+  const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+  const int group = lane / 4, quad = lane % 4;
+  const uint32_t mid_row_group_bytes = static_cast<uint32_t>(mid_pitch / 8 * 128);
+  const T* const bias = static_cast<const T*>(p.bias);
+  T* const y = static_cast<T*>(p.y);
+  float acc[kSlots][32];  // the first wgmma of a chunk overwrites, the rest accumulate
+
+  Position at{blockIdx.x, 1, 0, 0, 0};
+  int buffer = 0, copy_buffer = g.stages - 1;
+  uint32_t phases = 0;  // bit s: the parity of stage s's next completion
+  while (at.tile < g.row_tiles) {
+    MbarrierWait(&stage_full[buffer], phases >> buffer & 1u);
+    phases ^= 1u << buffer;
+    FenceProxyAsync();  // this thread's intermediate writes, before wgmma reads them
+    // Every warpgroup is past the buffer the next boxes overwrite (the one the last step read)
+    // and past the intermediate writes of phase 1.
+    __syncthreads();
+    load(copy_at, copy_buffer);
+    advance(copy_at);
+    if (++copy_buffer == g.stages) copy_buffer = 0;
+    prefetch();
+
+    const T* const stage = stages + buffer * g.stage_elements;
+    const bool first_phase = at.phase == 1;
+    const T* const x_tile = stage + 64 * warpgroup * kBK;
+    const T* const mid_rows = mid + (8 * warpgroup * (mid_pitch / 8) + at.k0 / 8) * 64;
+    // The active slots are a prefix; each count has its own straight run of wgmma, so that no
+    // branch lies between them (the compiler would fence the warpgroup before every one).
+    const int active_slots = first_phase ? min(g.subs1, (b1 - at.r0 + kSlotRows - 1) / kSlotRows)
+                                         : min(g.subs2, (b2 - at.r0 + kSlotRows - 1) / kSlotRows) * d2;
+    const auto issue = [&](auto slots_constant) {
+      constexpr int kActive = decltype(slots_constant)::value;
+      WgmmaFence();
+#pragma unroll
+      for (int q = 0; q < kActive; ++q) {
+        const T* const a_tile =
+            first_phase ? x_tile : mid_rows + (at.i * d2 + q - slot_sub(q) * d2) * mid_tile;
+        const T* const b_tile = stage + ((first_phase ? BM : 0) + q * kSlotRows) * kBK;
+        // The next k16 is 32 bytes on in a swizzled box, 256 bytes on in the intermediate (2 or
+        // 16 in the descriptors' address field). K past c reads zeros from one side or the other.
+        const uint64_t a_desc = first_phase ? SharedMatrixDescriptorSwizzle128(a_tile)
+                                            : SharedMatrixDescriptor(a_tile, mid_row_group_bytes);
+        const int a_step = first_phase ? 2 : 16;
+        const uint64_t b_desc = SharedMatrixDescriptorSwizzle128(b_tile);
+#pragma unroll
+        for (int kk = 0; kk < kBK / 16; ++kk) {
+          WgmmaM64N64K16<T>(acc[q], a_desc + kk * a_step, b_desc + kk * 2, /*accumulate=*/at.k0 + kk > 0);
+        }
+      }
+    };
+    switch (active_slots) {
+      case 4:
+        issue(std::integral_constant<int, 4>{});
+        break;
+      case 3:
+        issue(std::integral_constant<int, 3>{});
+        break;
+      case 2:
+        issue(std::integral_constant<int, 2>{});
+        break;
+      default:
+        issue(std::integral_constant<int, 1>{});
+    }
+    WgmmaCommit();
+    WgmmaWait<0>();  // the epilogue reads the accumulators; later boxes overwrite this stage
+    if (++buffer == g.stages) buffer = 0;
+    const Position done = at;
+    advance(at);
+    if (at.k0 != 0) continue;
+
+    // A chunk is complete. Accumulator element 4·nb + 2·upper + e of a slot is row
+    // 16·warp + group + 8·upper of the warpgroup's 64 and column 8·nb + 2·quad + e of the slot.
+    const int m_base = 64 * warpgroup + 16 * warp + group;
+    if (done.phase == 1) {
+      // Into the intermediate, rounded to the storage type as a separate factor call would.
+#pragma unroll
+      for (int q = 0; q < kSlots; ++q) {
+        if (!slot_active(done, q)) continue;
+#pragma unroll
+        for (int nb = 0; nb < 8; ++nb) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int r = done.r0 + q * kSlotRows + nb * 8 + quad * 2 + e;
+            if (r >= b1) continue;
+            T* const column = mid + feature_offset[done.i * b1 + r];
+#pragma unroll
+            for (int upper = 0; upper < 2; ++upper) {
+              const int m = m_base + 8 * upper;
+              column[(m / 8) * (mid_pitch / 8) * 64 + (m % 8) * 8] =
+                  FromFloat<T>(acc[q][nb * 4 + upper * 2 + e]);
+            }
+          }
+        }
+      }
+    } else {
+      const int64_t n0 = done.tile * BM;
+      WithActivation(p.activation, [&](auto activation) {
+        WithSecondD(d2, [&](auto d2_constant) {
+          constexpr int D2 = decltype(d2_constant)::value;
+#pragma unroll
+          for (int sub = 0; sub < kSlots / D2; ++sub) {
+            if (!slot_active(done, sub * D2)) continue;
+#pragma unroll
+            for (int nb = 0; nb < 8; ++nb) {
+              const int r = done.r0 + sub * kSlotRows + nb * 8 + quad * 2;  // and r + 1
+              if (r >= b2) continue;
+              const int64_t first_output = (int64_t{done.i} * b2 + r) * D2;
+              float bias_values[2][D2];
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+#pragma unroll
+                for (int j = 0; j < D2; ++j) {
+                  bias_values[e][j] =
+                      bias != nullptr && r + e < b2 ? ToFloat(bias[first_output + e * D2 + j]) : 0.0f;
+                }
+              }
+#pragma unroll
+              for (int upper = 0; upper < 2; ++upper) {
+                const int64_t n = n0 + m_base + 8 * upper;
+                if (n >= p.batch) continue;
+                float v[2 * D2];  // outputs first_output .. first_output + 2·D2 − 1
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+#pragma unroll
+                  for (int j = 0; j < D2; ++j) {
+                    v[e * D2 + j] = ApplyActivation<decltype(activation)::value>(
+                        acc[sub * D2 + j][nb * 4 + upper * 2 + e] + bias_values[e][j]);
+                  }
+                }
+                T* const out = y + n * out2 + first_output;
+                if (g.vector_stores) {
+                  uint32_t words[D2];
+#pragma unroll
+                  for (int w = 0; w < D2; ++w) words[w] = PackPair<T>(v[2 * w], v[2 * w + 1]);
+                  StoreWords<D2>(out, words);
+                } else {
+#pragma unroll
+                  for (int o = 0; o < 2 * D2; ++o) {
+                    if (o < D2 || r + 1 < b2) out[o] = FromFloat<T>(v[o]);
+                  }
+                }
+              }
+            }
+          }
+        });
+      });
+    }
+  }
+}
+
+template <typename T, int kWarpGroups>
+cudaError_t Launch(const KsPairArgs& p, cudaStream_t stream) {
+  WgPairGeometry g = Geometry<kWarpGroups>(p.first, p.second, p.batch);
+  g.vector_stores = p.second.b % 2 == 0 && reinterpret_cast<uintptr_t>(p.y) % 16 == 0;
+  const int64_t shared_bytes = SharedBytes<kWarpGroups>(p.first, p.second);
+  if (shared_bytes > std::numeric_limits<int>::max()) return cudaErrorInvalidValue;
+  const auto kernel = KsPairWgmmaKernel<T, kWarpGroups>;
+  if (cudaError_t err =
+          AllowDynamicShared(reinterpret_cast<const void*>(kernel), static_cast<int>(shared_bytes));
+      err != cudaSuccess) {
+    return err;
+  }
+  int device = 0, sms = 0, blocks_per_sm = 0;
+  if (cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
+  if (cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+      err != cudaSuccess) {
+    return err;
+  }
+  if (cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &blocks_per_sm, kernel, 128 * kWarpGroups, static_cast<size_t>(shared_bytes));
+      err != cudaSuccess) {
+    return err;
+  }
+  const KsPattern& first = p.first;
+  const KsPattern& second = p.second;
+  constexpr bool kBFloat16 = std::is_same_v<T, __nv_bfloat16>;
+  CUtensorMap x_map, w1_map, w2_map;
+  for (const cudaError_t err :
+       {MakeTensorMap16(&x_map, p.x, kBFloat16, p.batch, first.a * first.c, 64 * kWarpGroups),
+        MakeTensorMap16(&w1_map, p.w1, kBFloat16, first.a * first.b, first.c, kSlotRows),
+        MakeTensorMap16(&w2_map, p.w2_grouped, kBFloat16, second.a * second.d * second.b, second.c,
+                        kSlotRows)}) {
+    if (err != cudaSuccess) return err;
+  }
+  const int64_t blocks = std::min<int64_t>(g.row_tiles, int64_t{sms} * std::max(blocks_per_sm, 1));
+  kernel<<<static_cast<unsigned>(blocks), 128 * kWarpGroups, static_cast<int>(shared_bytes), stream>>>(
+      p, g, x_map, w1_map, w2_map);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t MakeTensorMap16(CUtensorMap* map, const void* base, bool bfloat16, int64_t rows, int64_t columns,
+                            int box_rows) {
+  static const auto encode = [] {
+    void* function = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &function, 12000,
+                                                             cudaEnableDefault, &found);
+    return err == cudaSuccess && found == cudaDriverEntryPointSuccess
+               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(function)
+               : nullptr;
+  }();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(columns), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t row_pitch[1] = {static_cast<cuuint64_t>(columns) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult result = encode(
+      map, bfloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+      const_cast<void*>(base), dims, row_pitch, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+bool PairTileUsesWgmma(PairTile tile) { return tile == PairTile::kWgM64 || tile == PairTile::kWgM128; }
+
+bool KsPairWgmmaRuns(const KsPattern& second) { return second.d <= kMaxSecondD && DeviceRunsWgmma(); }
+
+int64_t KsPairWgmmaSharedBytes(const KsPattern& first, const KsPattern& second, PairTile tile) {
+  return tile == PairTile::kWgM128 ? SharedBytes<2>(first, second) : SharedBytes<1>(first, second);
+}
+
+cudaError_t LaunchKsPairWgmma(const KsPairArgs& params, PairTile tile, cudaStream_t stream) {
+  if (!PairTileUsesWgmma(tile) || !KsPairWgmmaRuns(params.second)) return cudaErrorInvalidValue;
+  return With16BitStorageType(params.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    return tile == PairTile::kWgM128 ? Launch<T, 2>(params, stream) : Launch<T, 1>(params, stream);
+  });
+}
+
+}  // namespace ksserve::kernels::cuda

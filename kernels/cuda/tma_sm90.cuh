@@ -1,0 +1,90 @@
+// Hopper tensor memory accelerator (sm_90): 2-D tile loads into shared memory that complete on an
+// mbarrier, and the host-side tensor map for a row-major 16-bit matrix. Unlike per-thread
+// cp.async, a whole tile is one instruction and its bytes in flight are not bounded by the
+// load/store unit's per-thread request slots, which is what starves DRAM-bound kernels.
+#pragma once
+
+#include <cuda.h>  // CUtensorMap (the driver function itself is looked up at run time)
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace ksserve::kernels::cuda {
+
+// A tensor map over rows × columns 16-bit values (row pitch `columns`) read in boxes of
+// box_rows × 64 columns, written to shared memory with 128-byte swizzle; what lies outside the
+// matrix reads as zeros.
+cudaError_t MakeTensorMap16(CUtensorMap* map, const void* base, bool bfloat16, int64_t rows, int64_t columns,
+                            int box_rows);
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define KSSERVE_TMA 1
+#else
+#define KSSERVE_TMA 0
+#endif
+
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void MbarrierInit(uint64_t* barrier, uint32_t arrivals) {
+#if KSSERVE_TMA
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(SharedAddress(barrier)), "r"(arrivals));
+#endif
+}
+
+// Makes initialized barriers visible to the async proxy (the TMA unit completes on them).
+__device__ __forceinline__ void FenceMbarrierInit() {
+#if KSSERVE_TMA
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+
+// Arrives once and expects `bytes` more of transactions before the phase completes.
+__device__ __forceinline__ void MbarrierArriveExpectTx(uint64_t* barrier, uint32_t bytes) {
+#if KSSERVE_TMA
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(SharedAddress(barrier)),
+               "r"(bytes)
+               : "memory");
+#endif
+}
+
+// Blocks until the barrier's phase with parity `parity` has completed. The retry loop lives inside
+// the asm (labels are local to its braces), so the compiler sees no divergent branch here: one
+// before wgmma would make it serialize them.
+__device__ __forceinline__ void MbarrierWait(uint64_t* barrier, uint32_t parity) {
+#if KSSERVE_TMA
+  asm volatile(
+      "{\n.reg .pred done;\nwait:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait;\n}\n" ::"r"(SharedAddress(barrier)),
+      "r"(parity)
+      : "memory");
+#endif
+}
+
+// The box of `map` at (column, row) into shared memory at `to` (1024-byte aligned), completing
+// its bytes on `barrier`.
+__device__ __forceinline__ void TmaLoad2d(void* to, const CUtensorMap* map, int column, int row,
+                                          uint64_t* barrier) {
+#if KSSERVE_TMA
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+      "%3}], "
+      "[%4];\n" ::"r"(SharedAddress(to)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(column), "r"(row), "r"(SharedAddress(barrier))
+      : "memory");
+#endif
+}
+
+// Asks L2 to fetch the box of `map` at (column, row), without waiting or writing shared memory.
+__device__ __forceinline__ void TmaPrefetch2d(const CUtensorMap* map, int column, int row) {
+#if KSSERVE_TMA
+  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(column), "r"(row)
+               : "memory");
+#endif
+}
+
+}  // namespace ksserve::kernels::cuda
