@@ -46,6 +46,7 @@ struct WgPairGeometry {
   int stage_elements = 0;  // one pipeline stage: [BM × kBK of x (phase 1)][slots × 64 × kBK of w]
   int stages = 2;          // as many as fit next to the intermediate, up to kMaxStages
   int64_t row_tiles = 0;
+  int64_t shared_bytes = 0;    // dynamic shared memory of a block
   bool vector_stores = false;  // y 16-byte aligned and b2 even: a thread's 2·d2 outputs as one store
 };
 
@@ -61,18 +62,11 @@ WgPairGeometry Geometry(const KsPattern& first, const KsPattern& second, int64_t
       std::max(BM + g.subs1 * kSlotRows, g.subs2 * static_cast<int>(second.d) * kSlotRows) * kBK;
   g.row_tiles = (batch + BM - 1) / BM;
   const int64_t fixed_bytes =
-      kAlign + 2 * second.a * second.d * BM * g.mid_pitch + 4 * second.in_features() + 8 * kMaxStages;
+      kAlign + 2 * second.a * second.d * BM * g.mid_pitch + 4 * (second.in_features() + 1) + 8 * kMaxStages;
   g.stages = static_cast<int>(
       std::clamp<int64_t>((kSharedBudget - fixed_bytes) / (2 * int64_t{g.stage_elements}), 2, kMaxStages));
+  g.shared_bytes = fixed_bytes + 2 * int64_t{g.stages} * g.stage_elements;
   return g;
-}
-
-template <int kWarpGroups>
-int64_t SharedBytes(const KsPattern& first, const KsPattern& second) {
-  constexpr int BM = 64 * kWarpGroups;
-  const WgPairGeometry g = Geometry<kWarpGroups>(first, second, 1);
-  return kAlign + 2 * (int64_t{g.stages} * g.stage_elements + second.a * second.d * BM * g.mid_pitch) +
-         4 * second.in_features() + 8 * kMaxStages;
 }
 
 // Calls fn(std::integral_constant<int, D>{}) for D = d in 1..kMaxSecondD.
@@ -376,7 +370,7 @@ template <typename T, int kWarpGroups>
 cudaError_t Launch(const KsPairArgs& p, cudaStream_t stream) {
   WgPairGeometry g = Geometry<kWarpGroups>(p.first, p.second, p.batch);
   g.vector_stores = p.second.b % 2 == 0 && reinterpret_cast<uintptr_t>(p.y) % 16 == 0;
-  const int64_t shared_bytes = SharedBytes<kWarpGroups>(p.first, p.second);
+  const int64_t shared_bytes = g.shared_bytes;
   if (shared_bytes > std::numeric_limits<int>::max()) return cudaErrorInvalidValue;
   const auto kernel = KsPairWgmmaKernel<T, kWarpGroups>;
   if (cudaError_t err =
@@ -442,7 +436,8 @@ bool PairTileUsesWgmma(PairTile tile) { return tile == PairTile::kWgM64 || tile 
 bool KsPairWgmmaRuns(const KsPattern& second) { return second.d <= kMaxSecondD && DeviceRunsWgmma(); }
 
 int64_t KsPairWgmmaSharedBytes(const KsPattern& first, const KsPattern& second, PairTile tile) {
-  return tile == PairTile::kWgM128 ? SharedBytes<2>(first, second) : SharedBytes<1>(first, second);
+  return tile == PairTile::kWgM128 ? Geometry<2>(first, second, 1).shared_bytes
+                                   : Geometry<1>(first, second, 1).shared_bytes;
 }
 
 cudaError_t LaunchKsPairWgmma(const KsPairArgs& params, PairTile tile, cudaStream_t stream) {
