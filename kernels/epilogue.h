@@ -22,10 +22,16 @@ KSSERVE_HOST_DEVICE inline float ApplyActivation(float v) {
     // 0.5·v·(1 + tanh(u)) written as v·sigmoid(2u): no cancellation in 1 + tanh(u) for v ≪ 0,
     // where the output is tiny and FP32 would keep few correct digits of it.
     constexpr float kSqrt2OverPi = 0.7978845608028654f;
-    const float u2 = -2.0f * kSqrt2OverPi * (v + 0.044715f * v * v * v);
 #if defined(__CUDA_ARCH__)
-    return __fdividef(v, 1.0f + __expf(u2));  // the precise division costs the MLP-up pair ~20%
+    // 2u·log2(e) in one multiply-add, then one ex2 and a fast division (the precise one costs the
+    // MLP-up pair ~20%): seven instructions per value.
+    constexpr float kScale = -2.0f * 1.4426950408889634f * kSqrt2OverPi;
+    const float t = v * fmaf(kScale * 0.044715f, v * v, kScale);
+    float e;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(t));
+    return __fdividef(v, 1.0f + e);
 #else
+    const float u2 = -2.0f * kSqrt2OverPi * (v + 0.044715f * v * v * v);
     return v / (1.0f + expf(u2));
 #endif
   } else if constexpr (kActivation == Activation::kGeluErf) {

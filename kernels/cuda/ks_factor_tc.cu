@@ -319,8 +319,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       WgmmaFence();
 #pragma unroll
       for (int kk = 0; kk < BK; kk += 16) {
-        WgmmaM64N128K16<T>(d, SharedMatrixDescriptor(a_tile + kk / 8 * 64, kRowGroupBytes),
-                           SharedMatrixDescriptor(b_tile + kk / 8 * 64, kRowGroupBytes));
+        WgmmaM64K16<T, 128>(d, SharedMatrixDescriptor(a_tile + kk / 8 * 64, kRowGroupBytes),
+                            SharedMatrixDescriptor(b_tile + kk / 8 * 64, kRowGroupBytes), /*accumulate=*/true);
       }
       WgmmaCommit();
       WgmmaWait<0>();  // the next transpose and copies overwrite what it reads

@@ -12,7 +12,8 @@
 // straight from shared memory with wgmma. x and the weights come in by TMA (one thread issues a
 // step's boxes; they land 128-byte swizzled, the layout wgmma reads), as many stages as fit, each
 // completing on its own mbarrier; the pipeline runs on across phases and row tiles, and x is
-// asked into L2 a few steps ahead of its boxes. Boxes that reach past a matrix read zeros there;
+// asked into L2 a few steps ahead of its boxes. A step's wgmma keep running while the next
+// step's boxes are asked for; the block waits for them only before an epilogue. Boxes that reach past a matrix read zeros there;
 // where they reach into a neighbouring i or j instead, the other operand is zero there or the
 // outputs are not stored. (So where c1 is not a multiple of 64, a non-finite x value can reach
 // the outputs of the neighbouring i1 through 0 · inf; the model patterns have c1 % 64 == 0.)
@@ -50,6 +51,8 @@ struct WgPairGeometry {
   bool vector_stores = false;  // y 16-byte aligned and b2 even: a thread's 2·d2 outputs as one store
 };
 
+// Shared memory of a block, in this order: the stages (1024-byte aligned), the intermediate, the
+// bias in FP32 (zeros without one), the feature table (padded to 8 bytes), the stage barriers.
 template <int kWarpGroups>
 WgPairGeometry Geometry(const KsPattern& first, const KsPattern& second, int64_t batch) {
   constexpr int BM = 64 * kWarpGroups;
@@ -61,8 +64,9 @@ WgPairGeometry Geometry(const KsPattern& first, const KsPattern& second, int64_t
   g.stage_elements =
       std::max(BM + g.subs1 * kSlotRows, g.subs2 * static_cast<int>(second.d) * kSlotRows) * kBK;
   g.row_tiles = (batch + BM - 1) / BM;
-  const int64_t fixed_bytes =
-      kAlign + 2 * second.a * second.d * BM * g.mid_pitch + 4 * (second.in_features() + 1) + 8 * kMaxStages;
+  const int64_t fixed_bytes = kAlign + 2 * second.a * second.d * BM * g.mid_pitch +
+                              4 * (second.out_features() + 1) + 4 * (second.in_features() + 1) +
+                              8 * kMaxStages;
   g.stages = static_cast<int>(
       std::clamp<int64_t>((kSharedBudget - fixed_bytes) / (2 * int64_t{g.stage_elements}), 2, kMaxStages));
   g.shared_bytes = fixed_bytes + 2 * int64_t{g.stages} * g.stage_elements;
@@ -111,7 +115,8 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
                       const __grid_constant__ CUtensorMap w1_map,
                       const __grid_constant__ CUtensorMap w2_map) {
   constexpr int BM = 64 * kWarpGroups, kThreads = 128 * kWarpGroups;
-  constexpr uint32_t kXBoxBytes = BM * kBK * 2, kSlotBoxBytes = kSlotRows * kBK * 2;
+  constexpr int kSlotElements = kSlotRows * kBK;
+  constexpr uint32_t kXBoxBytes = BM * kBK * 2, kSlotBoxBytes = kSlotElements * 2;
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   const int a1 = static_cast<int>(p.first.a), b1 = static_cast<int>(p.first.b),
             c1 = static_cast<int>(p.first.c);
@@ -119,12 +124,15 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
   const int c2 = static_cast<int>(p.second.c), d2 = static_cast<int>(p.second.d);
   const int out2 = a2 * b2 * d2, mid_pitch = g.mid_pitch;
   const int mid_tile = BM * mid_pitch;  // elements of one (i2, j2) intermediate tile
-  T* const stages =
-      reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(shared_bytes) + kAlign - 1) / kAlign * kAlign);
+  // Rounded up by an offset into the shared array, not through an integer: the compiler then still
+  // knows these are shared-memory pointers and uses shared loads and stores on them.
+  const uint32_t misalignment = SharedAddress(shared_bytes) % kAlign;
+  T* const stages = reinterpret_cast<T*>(shared_bytes + (misalignment == 0 ? 0 : kAlign - misalignment));
   T* const mid = stages + g.stages * g.stage_elements;  // [(i2·d2 + j2)][BM × mid_pitch core matrices]
+  float* const bias_values = reinterpret_cast<float*>(mid + a2 * d2 * mid_tile);
   // Where intermediate feature f (row 0) lies in `mid`: the phase-1 epilogue looks it up rather
   // than dividing by c2 and d2 for every value.
-  int* const feature_offset = reinterpret_cast<int*>(mid + a2 * d2 * mid_tile);
+  int* const feature_offset = reinterpret_cast<int*>(bias_values + out2 + out2 % 2);
   uint64_t* const stage_full = reinterpret_cast<uint64_t*>(feature_offset + a1 * b1 + (a1 * b1) % 2);
   if (threadIdx.x == 0) {
     for (int st = 0; st < g.stages; ++st) MbarrierInit(&stage_full[st], 1);
@@ -135,12 +143,13 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
   for (int e = threadIdx.x * 8; e < a2 * d2 * mid_tile; e += kThreads * 8) {
     *reinterpret_cast<uint4*>(mid + e) = make_uint4(0, 0, 0, 0);
   }
+  const T* const bias = static_cast<const T*>(p.bias);
+  for (int f = threadIdx.x; f < out2; f += kThreads)
+    bias_values[f] = bias != nullptr ? ToFloat(bias[f]) : 0.0f;
   for (int f = threadIdx.x; f < a1 * b1; f += kThreads) {
     const int i2 = f / (c2 * d2), rest = f - i2 * c2 * d2, s2 = rest / d2, j = rest - s2 * d2;
     feature_offset[f] = (i2 * d2 + j) * mid_tile + (s2 / 8) * 64 + s2 % 8;
   }
-  // Phase-2 slot q: 64-row slice q / d2 of K_2 at j2 = q % d2, by comparisons (d2 <= 4).
-  const auto slot_sub = [&](int q) { return (q >= d2) + (q >= 2 * d2) + (q >= 3 * d2); };
 
   // Where the pipeline is: row tile, phase, i (i1 or i2), first weight row r0 and K offset.
   struct Position {
@@ -164,37 +173,33 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
       at.tile += gridDim.x;
     }
   };
-  // Slot q of a step at `at` has work: its weight rows start inside b.
-  const auto slot_active = [&](const Position& at, int q) {
-    return at.phase == 1 ? q < g.subs1 && at.r0 + q * kSlotRows < b1
-                         : q < g.subs2 * d2 && at.r0 + slot_sub(q) * kSlotRows < b2;
+  // The 64-row slices of a chunk whose weight rows start inside b: a prefix of the chunk.
+  const auto active_subs = [&](const Position& at) {
+    return at.phase == 1 ? min(g.subs1, (b1 - at.r0 + kSlotRows - 1) / kSlotRows)
+                         : min(g.subs2, (b2 - at.r0 + kSlotRows - 1) / kSlotRows);
   };
 
-  // One thread issues the boxes of a step; their bytes complete the stage's barrier.
+  // Thread 0 issues the boxes of a step; their bytes complete the stage's barrier. A stage holds
+  // the x box and the K_1 slices (phase 1), or the K_2 slices in slot order (phase 2).
   const auto load = [&](const Position& at, int buffer) {
-    if (at.tile >= g.row_tiles || threadIdx.x != 0) return;
+    if (at.tile >= g.row_tiles) return;
     T* const stage = stages + buffer * g.stage_elements;
     uint64_t* const full = &stage_full[buffer];
-    uint32_t bytes = 0;
-#pragma unroll
-    for (int q = 0; q < kSlots; ++q) bytes += slot_active(at, q) ? kSlotBoxBytes : 0;
+    const int subs = active_subs(at);
     if (at.phase == 1) {
-      MbarrierArriveExpectTx(full, bytes + kXBoxBytes);
+      MbarrierArriveExpectTx(full, subs * kSlotBoxBytes + kXBoxBytes);
       TmaLoad2d(stage, &x_map, at.i * c1 + at.k0, static_cast<int>(at.tile * BM), full);
-#pragma unroll
-      for (int q = 0; q < kSlots; ++q) {
-        if (!slot_active(at, q)) continue;
-        TmaLoad2d(stage + (BM + q * kSlotRows) * kBK, &w1_map, at.k0, at.i * b1 + at.r0 + q * kSlotRows,
+      for (int q = 0; q < subs; ++q) {
+        TmaLoad2d(stage + BM * kBK + q * kSlotElements, &w1_map, at.k0, at.i * b1 + at.r0 + q * kSlotRows,
                   full);
       }
     } else {
-      MbarrierArriveExpectTx(full, bytes);
-#pragma unroll
-      for (int q = 0; q < kSlots; ++q) {
-        if (!slot_active(at, q)) continue;
-        const int sub = slot_sub(q), j = q - sub * d2;
-        TmaLoad2d(stage + q * kSlotRows * kBK, &w2_map, at.k0, (at.i * d2 + j) * b2 + at.r0 + sub * kSlotRows,
-                  full);
+      MbarrierArriveExpectTx(full, subs * d2 * kSlotBoxBytes);
+      for (int sub = 0; sub < subs; ++sub) {
+        for (int j = 0; j < d2; ++j) {
+          TmaLoad2d(stage + (sub * d2 + j) * kSlotElements, &w2_map, at.k0,
+                    (at.i * d2 + j) * b2 + at.r0 + sub * kSlotRows, full);
+        }
       }
     }
   };
@@ -203,88 +208,117 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
   // pipeline covers); the weights stay in L2 anyway.
   Position prefetch_at{blockIdx.x, 1, 0, 0, 0};
   const auto prefetch = [&] {
-    if (threadIdx.x == 0 && prefetch_at.tile < g.row_tiles && prefetch_at.phase == 1 && prefetch_at.r0 == 0) {
+    if (prefetch_at.tile < g.row_tiles && prefetch_at.phase == 1 && prefetch_at.r0 == 0) {
       TmaPrefetch2d(&x_map, prefetch_at.i * c1 + prefetch_at.k0, static_cast<int>(prefetch_at.tile * BM));
     }
     advance(prefetch_at);
   };
-  __syncthreads();  // the barriers are initialized
+  FenceProxyAsync();  // the zeros of the intermediate, before wgmma reads them
+  __syncthreads();    // the barriers, the bias and the table are ready
   Position copy_at{blockIdx.x, 1, 0, 0, 0};
-  for (int st = 0; st < g.stages - 1; ++st) {
-    load(copy_at, st);
-    advance(copy_at);
+  int copy_buffer = g.stages - 1;
+  if (threadIdx.x == 0) {
+    for (int st = 0; st < g.stages - 1; ++st) {
+      load(copy_at, st);
+      advance(copy_at);
+    }
+    for (int st = 0; st < g.stages - 1 + kPrefetchSteps; ++st) prefetch();
   }
-  for (int st = 0; st < g.stages - 1 + kPrefetchSteps; ++st) prefetch();
 
   const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, quad = lane % 4;
   const uint32_t mid_row_group_bytes = static_cast<uint32_t>(mid_pitch / 8 * 128);
-  const T* const bias = static_cast<const T*>(p.bias);
   T* const y = static_cast<T*>(p.y);
-  float acc[kSlots][32];  // the first wgmma of a chunk overwrites, the rest accumulate
+  // Slot q (64 outputs) in acc[32·q ...]: phase 1, K_1 rows r0 + 64q; phase 2, rows r0 + 64·sub of
+  // j2 in slot sub·d2 + j2. The first wgmma of a chunk overwrites, the rest accumulate.
+  float acc[kSlots * 32];
 
   Position at{blockIdx.x, 1, 0, 0, 0};
-  int buffer = 0, copy_buffer = g.stages - 1;
+  int buffer = 0;
   uint32_t phases = 0;  // bit s: the parity of stage s's next completion
   while (at.tile < g.row_tiles) {
     MbarrierWait(&stage_full[buffer], phases >> buffer & 1u);
     phases ^= 1u << buffer;
-    FenceProxyAsync();  // this thread's intermediate writes, before wgmma reads them
-    // Every warpgroup is past the buffer the next boxes overwrite (the one the last step read)
-    // and past the intermediate writes of phase 1.
-    __syncthreads();
-    load(copy_at, copy_buffer);
-    advance(copy_at);
-    if (++copy_buffer == g.stages) copy_buffer = 0;
-    prefetch();
 
+    // The active slots are a prefix; each (phase, count) has its own straight run of wgmma, so
+    // that no branch lies between them (the compiler would fence the warpgroup before every one),
+    // and every descriptor is a base plus a constant. One m64n64k16 per slot and k16: wider ones
+    // over adjacent slots make ptxas serialize the wgmma of some mixes of counts.
     const T* const stage = stages + buffer * g.stage_elements;
+    const int subs = active_subs(at);
     const bool first_phase = at.phase == 1;
-    const T* const x_tile = stage + 64 * warpgroup * kBK;
-    const T* const mid_rows = mid + (8 * warpgroup * (mid_pitch / 8) + at.k0 / 8) * 64;
-    // The active slots are a prefix; each count has its own straight run of wgmma, so that no
-    // branch lies between them (the compiler would fence the warpgroup before every one).
-    const int active_slots = first_phase ? min(g.subs1, (b1 - at.r0 + kSlotRows - 1) / kSlotRows)
-                                         : min(g.subs2, (b2 - at.r0 + kSlotRows - 1) / kSlotRows) * d2;
-    const auto issue = [&](auto slots_constant) {
+    const uint64_t a_base =
+        first_phase ? SharedMatrixDescriptorSwizzle128(stage + 64 * warpgroup * kBK)
+                    : SharedMatrixDescriptor(
+                          mid + (8 * warpgroup * (mid_pitch / 8) + at.k0 / 8) * 64 + at.i * d2 * mid_tile,
+                          mid_row_group_bytes);
+    const uint64_t b_base = SharedMatrixDescriptorSwizzle128(stage + (first_phase ? BM * kBK : 0));
+    const uint64_t mid_tile_step = static_cast<uint64_t>(mid_tile * 2 / 16);  // one (i2, j2) tile on
+    const auto issue = [&](auto first_phase_constant, auto slots_constant) {
+      constexpr bool kFirstPhase = decltype(first_phase_constant)::value;
       constexpr int kActive = decltype(slots_constant)::value;
+      // Descriptor address fields count 16 bytes: the next k16 is 32 bytes on in a swizzled box,
+      // 256 bytes on in the intermediate; K past c reads zeros from one side or the other.
+      constexpr uint64_t kAStep = kFirstPhase ? 2 : 16, kSlotStep = kSlotElements * 2 / 16;
       WgmmaFence();
 #pragma unroll
       for (int q = 0; q < kActive; ++q) {
-        const T* const a_tile =
-            first_phase ? x_tile : mid_rows + (at.i * d2 + q - slot_sub(q) * d2) * mid_tile;
-        const T* const b_tile = stage + ((first_phase ? BM : 0) + q * kSlotRows) * kBK;
-        // The next k16 is 32 bytes on in a swizzled box, 256 bytes on in the intermediate (2 or
-        // 16 in the descriptors' address field). K past c reads zeros from one side or the other.
-        const uint64_t a_desc = first_phase ? SharedMatrixDescriptorSwizzle128(a_tile)
-                                            : SharedMatrixDescriptor(a_tile, mid_row_group_bytes);
-        const int a_step = first_phase ? 2 : 16;
-        const uint64_t b_desc = SharedMatrixDescriptorSwizzle128(b_tile);
+        uint64_t a_desc = a_base;
+        if constexpr (!kFirstPhase) {  // slot q is j2 = q mod d2 of its slice (d2 <= 4)
+          a_desc += (q - ((q >= d2) + (q >= 2 * d2) + (q >= 3 * d2)) * d2) * mid_tile_step;
+        }
+        float(&d)[32] = *reinterpret_cast<float(*)[32]>(&acc[q * 32]);
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) {
-          WgmmaM64N64K16<T>(acc[q], a_desc + kk * a_step, b_desc + kk * 2, /*accumulate=*/at.k0 + kk > 0);
+          WgmmaM64K16<T, 64>(d, a_desc + kk * kAStep, b_base + q * kSlotStep + kk * 2,
+                             /*accumulate=*/at.k0 + kk > 0);
         }
       }
     };
-    switch (active_slots) {
+    using std::integral_constant;
+    using Phase1 = integral_constant<bool, true>;
+    using Phase2 = integral_constant<bool, false>;
+    switch ((first_phase ? 0 : kSlots) + (first_phase ? subs : subs * d2)) {
       case 4:
-        issue(std::integral_constant<int, 4>{});
+        issue(Phase1{}, integral_constant<int, 4>{});
         break;
       case 3:
-        issue(std::integral_constant<int, 3>{});
+        issue(Phase1{}, integral_constant<int, 3>{});
         break;
       case 2:
-        issue(std::integral_constant<int, 2>{});
+        issue(Phase1{}, integral_constant<int, 2>{});
+        break;
+      case 1:
+        issue(Phase1{}, integral_constant<int, 1>{});
+        break;
+      case kSlots + 4:
+        issue(Phase2{}, integral_constant<int, 4>{});
+        break;
+      case kSlots + 3:
+        issue(Phase2{}, integral_constant<int, 3>{});
+        break;
+      case kSlots + 2:
+        issue(Phase2{}, integral_constant<int, 2>{});
         break;
       default:
-        issue(std::integral_constant<int, 1>{});
+        issue(Phase2{}, integral_constant<int, 1>{});
     }
     WgmmaCommit();
-    WgmmaWait<0>();  // the epilogue reads the accumulators; later boxes overwrite this stage
+    // The previous step's wgmma are done (this step's may still run), so past the barrier every
+    // warpgroup is done with the buffer the next boxes overwrite: the one the previous step read.
+    WgmmaWait<1>();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      load(copy_at, copy_buffer);
+      advance(copy_at);
+      if (++copy_buffer == g.stages) copy_buffer = 0;
+      prefetch();
+    }
     if (++buffer == g.stages) buffer = 0;
     const Position done = at;
     advance(at);
     if (at.k0 != 0) continue;
+    WgmmaWait<0>();  // the epilogue reads the accumulators
 
     // A chunk is complete. Accumulator element 4·nb + 2·upper + e of a slot is row
     // 16·warp + group + 8·upper of the warpgroup's 64 and column 8·nb + 2·quad + e of the slot.
@@ -293,7 +327,7 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
       // Into the intermediate, rounded to the storage type as a separate factor call would.
 #pragma unroll
       for (int q = 0; q < kSlots; ++q) {
-        if (!slot_active(done, q)) continue;
+        if (q >= subs) break;
 #pragma unroll
         for (int nb = 0; nb < 8; ++nb) {
 #pragma unroll
@@ -305,47 +339,50 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
             for (int upper = 0; upper < 2; ++upper) {
               const int m = m_base + 8 * upper;
               column[(m / 8) * (mid_pitch / 8) * 64 + (m % 8) * 8] =
-                  FromFloat<T>(acc[q][nb * 4 + upper * 2 + e]);
+                  FromFloat<T>(acc[q * 32 + nb * 4 + upper * 2 + e]);
             }
           }
         }
       }
+      // The warpgroup's wgmma read only its own rows of the intermediate: its threads' writes, then
+      // a barrier of the warpgroup, come before them.
+      FenceProxyAsync();
+      WarpgroupBarrier(warpgroup);
     } else {
-      const int64_t n0 = done.tile * BM;
+      // The thread's two rows of y, and whether they exist (the last row tile may be partial).
+      const int64_t n = done.tile * BM + m_base;
+      const bool row_ok[2] = {n < p.batch, n + 8 < p.batch};
+      T* const out_row[2] = {y + n * out2, y + (n + 8) * out2};
       WithActivation(p.activation, [&](auto activation) {
         WithSecondD(d2, [&](auto d2_constant) {
           constexpr int D2 = decltype(d2_constant)::value;
 #pragma unroll
           for (int sub = 0; sub < kSlots / D2; ++sub) {
-            if (!slot_active(done, sub * D2)) continue;
+            if (sub >= subs) break;
+            // Whether every row of the slice is inside b2 (no per-row test then).
+            const bool whole = done.r0 + (sub + 1) * kSlotRows <= b2;
 #pragma unroll
             for (int nb = 0; nb < 8; ++nb) {
               const int r = done.r0 + sub * kSlotRows + nb * 8 + quad * 2;  // and r + 1
-              if (r >= b2) continue;
-              const int64_t first_output = (int64_t{done.i} * b2 + r) * D2;
-              float bias_values[2][D2];
+              const bool r_ok[2] = {whole || r < b2, whole || r + 1 < b2};
+              const int first_output = (done.i * b2 + r) * D2;  // the 2·D2 outputs from here
+              float bias_pair[2 * D2];
 #pragma unroll
-              for (int e = 0; e < 2; ++e) {
-#pragma unroll
-                for (int j = 0; j < D2; ++j) {
-                  bias_values[e][j] =
-                      bias != nullptr && r + e < b2 ? ToFloat(bias[first_output + e * D2 + j]) : 0.0f;
-                }
-              }
+              for (int o = 0; o < 2 * D2; ++o)
+                bias_pair[o] = r_ok[o / D2] ? bias_values[first_output + o] : 0.0f;
 #pragma unroll
               for (int upper = 0; upper < 2; ++upper) {
-                const int64_t n = n0 + m_base + 8 * upper;
-                if (n >= p.batch) continue;
-                float v[2 * D2];  // outputs first_output .. first_output + 2·D2 − 1
+                float v[2 * D2];
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
 #pragma unroll
                   for (int j = 0; j < D2; ++j) {
                     v[e * D2 + j] = ApplyActivation<decltype(activation)::value>(
-                        acc[sub * D2 + j][nb * 4 + upper * 2 + e] + bias_values[e][j]);
+                        acc[(sub * D2 + j) * 32 + nb * 4 + upper * 2 + e] + bias_pair[e * D2 + j]);
                   }
                 }
-                T* const out = y + n * out2 + first_output;
+                if (!row_ok[upper] || !r_ok[0]) continue;
+                T* const out = out_row[upper] + first_output;
                 if (g.vector_stores) {
                   uint32_t words[D2];
 #pragma unroll
@@ -354,7 +391,7 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
                 } else {
 #pragma unroll
                   for (int o = 0; o < 2 * D2; ++o) {
-                    if (o < D2 || r + 1 < b2) out[o] = FromFloat<T>(v[o]);
+                    if (o < D2 || r_ok[1]) out[o] = FromFloat<T>(v[o]);
                   }
                 }
               }

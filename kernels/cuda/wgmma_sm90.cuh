@@ -46,6 +46,11 @@ __device__ __forceinline__ void FenceProxyAsync() {
 #endif
 }
 
+// Waits for the 128 threads of one warpgroup only (named barrier 1 + warpgroup; 0 is __syncthreads).
+__device__ __forceinline__ void WarpgroupBarrier(int warpgroup) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(1 + warpgroup) : "memory");
+}
+
 __device__ __forceinline__ void WgmmaFence() {
 #if KSSERVE_WGMMA
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -65,80 +70,60 @@ __device__ __forceinline__ void WgmmaWait() {
 #endif
 }
 
-// One wgmma.mma_async m64n128k16 with FP32 accumulators d[64] and operand type TYPE (bf16, f16).
-#define KSSERVE_WGMMA_M64N128K16(TYPE)                                                                  \
-  asm volatile(                                                                                         \
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                      \
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                                      \
-      " "                                                                                               \
-      "{"                                                                                               \
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                          \
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                \
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "                \
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "               \
-      "%64, %65, p, 1, 1, 0, 0;\n}\n"                                                                   \
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),        \
-        "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),      \
-        "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),      \
-        "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),      \
-        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),      \
-        "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),      \
-        "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),      \
-        "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])       \
-      : "l"(desc_a), "l"(desc_b), "r"(1))
+// wgmma.mma_async m64nNk16 (N = 64 or 128) with FP32 accumulators d[N / 2] and operand
+// type TYPE (bf16, f16): REGS names the N / 2 accumulator operands, SCALE the operand that says
+// whether to accumulate. With scale-d 0 the instruction overwrites d, rather than the caller
+// zeroing the accumulators in a loop, which makes the compiler wait for them after every wgmma.
+#define KSSERVE_WGMMA_M64K16(SHAPE, TYPE, REGS, DESCRIPTORS, SCALE, ...)                             \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SCALE ", 0;\nwgmma.mma_async.sync.aligned." SHAPE \
+               ".f32." TYPE "." TYPE " {" REGS "}, " DESCRIPTORS ", p, 1, 1, 0, 0;\n}\n"             \
+               : __VA_ARGS__                                                                         \
+               : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)))
+#define KSSERVE_F4(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
+#define KSSERVE_F16(i) KSSERVE_F4(i), KSSERVE_F4(i + 4), KSSERVE_F4(i + 8), KSSERVE_F4(i + 12)
+#define KSSERVE_F32(i) KSSERVE_F16(i), KSSERVE_F16(i + 16)
+#define KSSERVE_R0                                                         \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define KSSERVE_R1                                                                   \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 
-// d += a · bᵀ for a 64 × 16 A and a 128 × 16 B (both K-major), FP32 accumulators in the mma.sync
-// fragment order: d[4·i + q] is element q of n8 block i of the warp's 16 rows.
-template <typename T>
-__device__ __forceinline__ void WgmmaM64N128K16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+// d (+)= a · bᵀ for a 64 × 16 A and an N × 16 B, both in shared memory (descriptors), FP32
+// accumulators in the mma.sync fragment order: d[4·i + q] is element q of n8 block i of the
+// warp's 16 rows; !accumulate: d = a · bᵀ.
+template <typename T, int N>
+__device__ __forceinline__ void WgmmaM64K16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
+                                            bool accumulate) {
   static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>);
+  static_assert(N == 64 || N == 128);
 #if KSSERVE_WGMMA
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    KSSERVE_WGMMA_M64N128K16("bf16");
-  } else {
-    KSSERVE_WGMMA_M64N128K16("f16");
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  if constexpr (N == 64) {
+    if constexpr (kBf16) {
+      KSSERVE_WGMMA_M64K16("m64n64k16", "bf16", KSSERVE_R0, "%32, %33", "%34", KSSERVE_F32(0));
+    } else {
+      KSSERVE_WGMMA_M64K16("m64n64k16", "f16", KSSERVE_R0, "%32, %33", "%34", KSSERVE_F32(0));
+    }
+  } else if constexpr (N == 128) {
+    if constexpr (kBf16) {
+      KSSERVE_WGMMA_M64K16("m64n128k16", "bf16", KSSERVE_R0 ", " KSSERVE_R1, "%64, %65", "%66",
+                           KSSERVE_F32(0), KSSERVE_F32(32));
+    } else {
+      KSSERVE_WGMMA_M64K16("m64n128k16", "f16", KSSERVE_R0 ", " KSSERVE_R1, "%64, %65", "%66", KSSERVE_F32(0),
+                           KSSERVE_F32(32));
+    }
   }
 #else
-  __trap();  // never launched: the launcher runs these tiles on sm_90 only
+  __trap();  // never launched: the launchers run these tiles on sm_90 only
 #endif
 }
 
-// The same for a 64 × 16 A and a 64 × 16 B: d[32], n8 block i in d[4·i .. 4·i + 3]; !accumulate:
-// d = a · bᵀ (rather than zeroing the accumulators in a loop, which makes the compiler wait for
-// them after every wgmma).
-#define KSSERVE_WGMMA_M64N64K16(TYPE)                                                                   \
-  asm volatile(                                                                                         \
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                      \
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                                       \
-      " "                                                                                               \
-      "{"                                                                                               \
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                          \
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "               \
-      "%32, %33, p, 1, 1, 0, 0;\n}\n"                                                                   \
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),        \
-        "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),      \
-        "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),      \
-        "+f"(d[29]), "+f"(d[30]), "+f"(d[31])                                                           \
-      : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)))
-
-template <typename T>
-__device__ __forceinline__ void WgmmaM64N64K16(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
-                                               bool accumulate) {
-  static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>);
-#if KSSERVE_WGMMA
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    KSSERVE_WGMMA_M64N64K16("bf16");
-  } else {
-    KSSERVE_WGMMA_M64N64K16("f16");
-  }
-#else
-  __trap();
-#endif
-}
-
-#undef KSSERVE_WGMMA_M64N128K16
-#undef KSSERVE_WGMMA_M64N64K16
+#undef KSSERVE_WGMMA_M64K16
+#undef KSSERVE_F4
+#undef KSSERVE_F16
+#undef KSSERVE_F32
+#undef KSSERVE_R0
+#undef KSSERVE_R1
 
 }  // namespace ksserve::kernels::cuda
