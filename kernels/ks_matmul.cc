@@ -222,10 +222,13 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
   if (dtype != DType::kFloat32 && batch > 64) {
     if (pattern.d == 1) return pattern.b > 64 ? FusedTile::kTcM128N128 : FusedTile::kTcM128N64;
     if (batch > 4096) {
-      // 4-j groups in s steps of 16 (two blocks per SM) for d a power of two up to 32; else, for
-      // b of 256 and more, the tile twice as wide in r; 8-j groups for wide d.
+      // d = 4 and 8: the persistent TMA + warpgroup-MMA tile (1.3-1.6x the pipelined tiles on an
+      // H200, bench/results/h200-ksbench-bf16-25088-candidates.csv; where it cannot run it hands
+      // over to kTcM64N64K16). Else 4-j groups in s steps of 16 (two blocks per SM) for d = 16
+      // and 32; for b of 256 and more, the tile twice as wide in r; 8-j groups for wide d.
       const int64_t d = pattern.d;
-      if (d == 4 || d == 8 || d == 16 || d == 32) return FusedTile::kTcM64N64K16;
+      if (d == 4 || d == 8) return FusedTile::kWgTma;
+      if (d == 16 || d == 32) return FusedTile::kTcM64N64K16;
       if (pattern.b >= 256 && (d % 4 == 0 || d == 2)) return FusedTile::kTcM64N128K16;
       if (d % 8 == 0 && d >= 48) return FusedTile::kTcM64N32;
       if (d % 4 == 0 || d == 2) return FusedTile::kTcM64N64;
@@ -275,6 +278,7 @@ int FusedTileJ(FusedTile tile) {
     case FusedTile::kTcWgM64N128K16:
     case FusedTile::kTcM64N32:
     case FusedTile::kTcM32N32:
+    case FusedTile::kWgTma:
       break;  // chosen from d at launch
   }
   return 1;
@@ -290,6 +294,7 @@ bool FusedTileReadsPackedWeights(FusedTile tile) {
     case FusedTile::kTcWgM64N128K16:
     case FusedTile::kTcM64N32:
     case FusedTile::kTcM32N32:
+    case FusedTile::kWgTma:
       return true;
     default:
       return false;
@@ -354,6 +359,8 @@ std::string FusedTileName(FusedTile tile) {
       return "tc-m64n32";
     case FusedTile::kTcM32N32:
       return "tc-m32n32";
+    case FusedTile::kWgTma:
+      return "wg-tma";
   }
   return "unknown";
 }

@@ -78,19 +78,22 @@ enum class FusedTile : uint8_t {
   kTcM128N128,
   kTcM128N64,
   kTcM64N64,
-  kTcM64N64K16,   // s steps of 16: two blocks per SM where kTcM64N64 fits one
-  kTcM64N128K16,  // twice as wide in r, one block of up to 16 warps: x crosses L2 half as often
+  kTcM64N64K16,     // s steps of 16: two blocks per SM where kTcM64N64 fits one
+  kTcM64N128K16,    // twice as wide in r, one block of up to 16 warps: x crosses L2 half as often
   kTcWgM64N128K16,  // the same with one wgmma warpgroup per j (sm_90; elsewhere the mma tile runs)
   kTcM64N32,
   kTcM32N32,
+  // Warpgroup MMA fed by TMA, persistent, 128 rows × 256 outputs (JT = d or 8) per tile (sm_90; c a
+  // multiple of 8, d in {2, 4} or a multiple of 8, packed weights; elsewhere kTcM64N64K16 runs).
+  kWgTma,
 };
 inline constexpr FusedTile kAllFusedTiles[] = {
-    FusedTile::kJ1M16N64,    FusedTile::kJ1M128N128,    FusedTile::kJ1M128N64,     FusedTile::kJ2M128N64,
-    FusedTile::kJ4M64N64,    FusedTile::kJ4M64N64Async, FusedTile::kJ8M32N32,      FusedTile::kJ16M16N16,
-    FusedTile::kJ32M16N8,    FusedTile::kMmaJ1M128N64,  FusedTile::kMmaJ1M128N128, FusedTile::kMmaJ4M64N64,
-    FusedTile::kMmaJ8M32N32, FusedTile::kTcM128N128,    FusedTile::kTcM128N64,     FusedTile::kTcM64N64,
+    FusedTile::kJ1M16N64,    FusedTile::kJ1M128N128,    FusedTile::kJ1M128N64,      FusedTile::kJ2M128N64,
+    FusedTile::kJ4M64N64,    FusedTile::kJ4M64N64Async, FusedTile::kJ8M32N32,       FusedTile::kJ16M16N16,
+    FusedTile::kJ32M16N8,    FusedTile::kMmaJ1M128N64,  FusedTile::kMmaJ1M128N128,  FusedTile::kMmaJ4M64N64,
+    FusedTile::kMmaJ8M32N32, FusedTile::kTcM128N128,    FusedTile::kTcM128N64,      FusedTile::kTcM64N64,
     FusedTile::kTcM64N64K16, FusedTile::kTcM64N128K16,  FusedTile::kTcWgM64N128K16, FusedTile::kTcM64N32,
-    FusedTile::kTcM32N32};
+    FusedTile::kTcM32N32,    FusedTile::kWgTma};
 
 // The register-staged tensor-core tile for a pattern: the rule's choice where the pipelined tiles
 // cannot run, and what those tiles hand such layouts to.

@@ -5,6 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/ks_params.h"
@@ -62,6 +64,28 @@ __device__ __forceinline__ void WithVectorWidth(int vec, Fn&& fn) {
   if (vec == 4) return fn(std::integral_constant<int, 4>{});
   if (vec == 2) return fn(std::integral_constant<int, 2>{});
   fn(std::integral_constant<int, 1>{});
+}
+
+// Two values rounded to T, as one 32-bit word (lo in the low half).
+template <typename T>
+__device__ __forceinline__ uint32_t PackPair(float lo, float hi) {
+  const T pair[2] = {FromFloat<T>(lo), FromFloat<T>(hi)};
+  uint32_t word;
+  memcpy(&word, pair, sizeof(word));
+  return word;
+}
+
+// kWords consecutive 32-bit words at `to` (aligned to their size when kWords is 2 or 4).
+template <int kWords>
+__device__ __forceinline__ void StoreWords(void* to, const uint32_t (&words)[kWords]) {
+  if constexpr (kWords == 4) {
+    *reinterpret_cast<uint4*>(to) = make_uint4(words[0], words[1], words[2], words[3]);
+  } else if constexpr (kWords == 2) {
+    *reinterpret_cast<uint2*>(to) = make_uint2(words[0], words[1]);
+  } else {
+#pragma unroll
+    for (int w = 0; w < kWords; ++w) static_cast<uint32_t*>(to)[w] = words[w];
+  }
 }
 
 }  // namespace ksserve::kernels::cuda

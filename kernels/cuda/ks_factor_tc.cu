@@ -543,6 +543,10 @@ cudaError_t LaunchKsFactorTc(const KsFactorParams& params, FusedTile tile, const
     case FusedTile::kTcM32N32:
       err = LaunchTcTile<TcTile<32, 32, 32, 32>>(params, packed_w, stream, &ran);
       break;
+    case FusedTile::kWgTma:
+      if (KsFactorWgmmaRuns(params, packed_w)) return LaunchKsFactorWgmma(params, packed_w, stream);
+      err = LaunchTcTile<TcTile<64, 64, 64, 32, 16>>(params, packed_w, stream, &ran);
+      break;
     default:
       return cudaErrorInvalidValue;
   }

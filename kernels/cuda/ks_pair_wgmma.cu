@@ -13,9 +13,9 @@
 // step's boxes; they land 128-byte swizzled, the layout wgmma reads), as many stages as fit, each
 // completing on its own mbarrier; the pipeline runs on across phases and row tiles, and x is
 // asked into L2 a few steps ahead of its boxes. A step's wgmma keep running while the next
-// step's boxes are asked for; the block waits for them only before an epilogue. Boxes that reach past a matrix read zeros there;
-// where they reach into a neighbouring i or j instead, the other operand is zero there or the
-// outputs are not stored. (So where c1 is not a multiple of 64, a non-finite x value can reach
+// step's boxes are asked for; the block waits for them only before an epilogue. Boxes that reach past a
+// matrix read zeros there; where they reach into a neighbouring i or j instead, the other operand is zero
+// there or the outputs are not stored. (So where c1 is not a multiple of 64, a non-finite x value can reach
 // the outputs of the neighbouring i1 through 0 · inf; the model patterns have c1 % 64 == 0.)
 #include <cudaTypedefs.h>
 
@@ -66,7 +66,7 @@ WgPairGeometry Geometry(const KsPattern& first, const KsPattern& second, int64_t
   g.row_tiles = (batch + BM - 1) / BM;
   const int64_t fixed_bytes = kAlign + 2 * second.a * second.d * BM * g.mid_pitch +
                               4 * (second.out_features() + 1) + 4 * (second.in_features() + 1) +
-                              8 * kMaxStages;
+                              16 * kMaxStages;  // full and empty barriers
   g.stages = static_cast<int>(
       std::clamp<int64_t>((kSharedBudget - fixed_bytes) / (2 * int64_t{g.stage_elements}), 2, kMaxStages));
   g.shared_bytes = fixed_bytes + 2 * int64_t{g.stages} * g.stage_elements;
@@ -88,33 +88,14 @@ __device__ __forceinline__ void WithSecondD(int d, Fn&& fn) {
   }
 }
 
-template <typename T>
-__device__ __forceinline__ uint32_t PackPair(float lo, float hi) {
-  const T pair[2] = {FromFloat<T>(lo), FromFloat<T>(hi)};
-  uint32_t word;
-  memcpy(&word, pair, sizeof(word));
-  return word;
-}
-
-// kWords consecutive 32-bit words at `to` (aligned to their size when kWords is 2 or 4).
-template <int kWords>
-__device__ __forceinline__ void StoreWords(void* to, const uint32_t (&words)[kWords]) {
-  if constexpr (kWords == 4) {
-    *reinterpret_cast<uint4*>(to) = make_uint4(words[0], words[1], words[2], words[3]);
-  } else if constexpr (kWords == 2) {
-    *reinterpret_cast<uint2*>(to) = make_uint2(words[0], words[1]);
-  } else {
-#pragma unroll
-    for (int w = 0; w < kWords; ++w) static_cast<uint32_t*>(to)[w] = words[w];
-  }
-}
-
 template <typename T, int kWarpGroups>
-__global__ void __launch_bounds__(128 * kWarpGroups, 1)
+__global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
     KsPairWgmmaKernel(KsPairArgs p, WgPairGeometry g, const __grid_constant__ CUtensorMap x_map,
                       const __grid_constant__ CUtensorMap w1_map,
                       const __grid_constant__ CUtensorMap w2_map) {
-  constexpr int BM = 64 * kWarpGroups, kThreads = 128 * kWarpGroups;
+  // Consumer warpgroups, then a producer warpgroup (one thread of it issues the boxes). The
+  // producer hands its registers to the consumers (setmaxnreg), which hold 128 accumulators each.
+  constexpr int BM = 64 * kWarpGroups, kThreads = 128 * kWarpGroups, kBlockThreads = kThreads + 128;
   constexpr int kSlotElements = kSlotRows * kBK;
   constexpr uint32_t kXBoxBytes = BM * kBK * 2, kSlotBoxBytes = kSlotElements * 2;
   extern __shared__ __align__(128) unsigned char shared_bytes[];
@@ -134,19 +115,23 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
   // than dividing by c2 and d2 for every value.
   int* const feature_offset = reinterpret_cast<int*>(bias_values + out2 + out2 % 2);
   uint64_t* const stage_full = reinterpret_cast<uint64_t*>(feature_offset + a1 * b1 + (a1 * b1) % 2);
+  uint64_t* const stage_empty = stage_full + kMaxStages;  // every consumer warp is done with it
   if (threadIdx.x == 0) {
-    for (int st = 0; st < g.stages; ++st) MbarrierInit(&stage_full[st], 1);
+    for (int st = 0; st < g.stages; ++st) {
+      MbarrierInit(&stage_full[st], 1);
+      MbarrierInit(&stage_empty[st], kThreads / 32);
+    }
     FenceMbarrierInit();
   }
 
   // wgmma reads K up to the next multiple of kBK past c2; those columns must hold finite zeros.
-  for (int e = threadIdx.x * 8; e < a2 * d2 * mid_tile; e += kThreads * 8) {
+  for (int e = threadIdx.x * 8; e < a2 * d2 * mid_tile; e += kBlockThreads * 8) {
     *reinterpret_cast<uint4*>(mid + e) = make_uint4(0, 0, 0, 0);
   }
   const T* const bias = static_cast<const T*>(p.bias);
-  for (int f = threadIdx.x; f < out2; f += kThreads)
+  for (int f = threadIdx.x; f < out2; f += kBlockThreads)
     bias_values[f] = bias != nullptr ? ToFloat(bias[f]) : 0.0f;
-  for (int f = threadIdx.x; f < a1 * b1; f += kThreads) {
+  for (int f = threadIdx.x; f < a1 * b1; f += kBlockThreads) {
     const int i2 = f / (c2 * d2), rest = f - i2 * c2 * d2, s2 = rest / d2, j = rest - s2 * d2;
     feature_offset[f] = (i2 * d2 + j) * mid_tile + (s2 / 8) * 64 + s2 % 8;
   }
@@ -179,7 +164,7 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
                          : min(g.subs2, (b2 - at.r0 + kSlotRows - 1) / kSlotRows);
   };
 
-  // Thread 0 issues the boxes of a step; their bytes complete the stage's barrier. A stage holds
+  // The producer issues the boxes of a step; their bytes complete the stage's barrier. A stage holds
   // the x box and the K_1 slices (phase 1), or the K_2 slices in slot order (phase 2).
   const auto load = [&](const Position& at, int buffer) {
     if (at.tile >= g.row_tiles) return;
@@ -215,16 +200,30 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
   };
   FenceProxyAsync();  // the zeros of the intermediate, before wgmma reads them
   __syncthreads();    // the barriers, the bias and the table are ready
-  Position copy_at{blockIdx.x, 1, 0, 0, 0};
-  int copy_buffer = g.stages - 1;
-  if (threadIdx.x == 0) {
-    for (int st = 0; st < g.stages - 1; ++st) {
-      load(copy_at, st);
-      advance(copy_at);
+  if (threadIdx.x >= kThreads) {
+    SetMaxRegisters<40, false>();
+    // The producer: one thread fills each stage as soon as every consumer warp has released it,
+    // so no consumer waits on box issue. Nothing below waits for this warp.
+    if (threadIdx.x == kThreads) {
+      for (int st = 0; st < kPrefetchSteps; ++st) prefetch();
+      Position copy_at{blockIdx.x, 1, 0, 0, 0};
+      uint32_t empty_phases = 0;  // bit s: the parity of stage s's next release
+      int buffer = 0;
+      for (int64_t step = 0; copy_at.tile < g.row_tiles; ++step) {
+        if (step >= g.stages) {
+          MbarrierWait(&stage_empty[buffer], empty_phases >> buffer & 1u);
+          empty_phases ^= 1u << buffer;
+        }
+        load(copy_at, buffer);
+        advance(copy_at);
+        prefetch();
+        if (++buffer == g.stages) buffer = 0;
+      }
     }
-    for (int st = 0; st < g.stages - 1 + kPrefetchSteps; ++st) prefetch();
+    return;
   }
 
+  SetMaxRegisters<kWarpGroups == 1 ? 240 : 232, true>();
   const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, quad = lane % 4;
   const uint32_t mid_row_group_bytes = static_cast<uint32_t>(mid_pitch / 8 * 128);
@@ -234,8 +233,8 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
   float acc[kSlots * 32];
 
   Position at{blockIdx.x, 1, 0, 0, 0};
-  int buffer = 0;
-  uint32_t phases = 0;  // bit s: the parity of stage s's next completion
+  int buffer = 0, previous = -1;  // the stage of this step and of the one before
+  uint32_t phases = 0;            // bit s: the parity of stage s's next completion
   while (at.tile < g.row_tiles) {
     MbarrierWait(&stage_full[buffer], phases >> buffer & 1u);
     phases ^= 1u << buffer;
@@ -304,16 +303,11 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
         issue(Phase2{}, integral_constant<int, 1>{});
     }
     WgmmaCommit();
-    // The previous step's wgmma are done (this step's may still run), so past the barrier every
-    // warpgroup is done with the buffer the next boxes overwrite: the one the previous step read.
+    // The previous step's wgmma are done (this step's may still run): this warp releases the
+    // stage they read to the producer.
     WgmmaWait<1>();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      load(copy_at, copy_buffer);
-      advance(copy_at);
-      if (++copy_buffer == g.stages) copy_buffer = 0;
-      prefetch();
-    }
+    if (previous >= 0 && lane == 0) MbarrierArrive(&stage_empty[previous]);
+    previous = buffer;
     if (++buffer == g.stages) buffer = 0;
     const Position done = at;
     advance(at);
@@ -422,7 +416,7 @@ cudaError_t Launch(const KsPairArgs& p, cudaStream_t stream) {
     return err;
   }
   if (cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &blocks_per_sm, kernel, 128 * kWarpGroups, static_cast<size_t>(shared_bytes));
+          &blocks_per_sm, kernel, 128 * kWarpGroups + 128, static_cast<size_t>(shared_bytes));
       err != cudaSuccess) {
     return err;
   }
@@ -438,35 +432,12 @@ cudaError_t Launch(const KsPairArgs& p, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
   }
   const int64_t blocks = std::min<int64_t>(g.row_tiles, int64_t{sms} * std::max(blocks_per_sm, 1));
-  kernel<<<static_cast<unsigned>(blocks), 128 * kWarpGroups, static_cast<int>(shared_bytes), stream>>>(
+  kernel<<<static_cast<unsigned>(blocks), 128 * kWarpGroups + 128, static_cast<int>(shared_bytes), stream>>>(
       p, g, x_map, w1_map, w2_map);
   return cudaGetLastError();
 }
 
 }  // namespace
-
-cudaError_t MakeTensorMap16(CUtensorMap* map, const void* base, bool bfloat16, int64_t rows, int64_t columns,
-                            int box_rows) {
-  static const auto encode = [] {
-    void* function = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &function, 12000,
-                                                             cudaEnableDefault, &found);
-    return err == cudaSuccess && found == cudaDriverEntryPointSuccess
-               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(function)
-               : nullptr;
-  }();
-  if (encode == nullptr) return cudaErrorNotSupported;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(columns), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t row_pitch[1] = {static_cast<cuuint64_t>(columns) * 2};
-  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t element_strides[2] = {1, 1};
-  const CUresult result = encode(
-      map, bfloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
-      const_cast<void*>(base), dims, row_pitch, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
-}
 
 bool PairTileUsesWgmma(PairTile tile) { return tile == PairTile::kWgM64 || tile == PairTile::kWgM128; }
 

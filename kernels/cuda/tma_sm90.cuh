@@ -17,6 +17,12 @@ namespace ksserve::kernels::cuda {
 cudaError_t MakeTensorMap16(CUtensorMap* map, const void* base, bool bfloat16, int64_t rows, int64_t columns,
                             int box_rows);
 
+// A tensor map over a rank-dimensional view of 16-bit values: dims[0] is contiguous, dims[k] lies
+// strides[k − 1] bytes apart (multiples of 16, in any order), read in boxes of box[] values that
+// land in shared memory densely, dimension 0 fastest, without swizzle; outside reads as zeros.
+cudaError_t MakeTensorMap16(CUtensorMap* map, const void* base, bool bfloat16, int rank, const int64_t* dims,
+                            const int64_t* strides, const int* box);
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define KSSERVE_TMA 1
 #else
@@ -49,6 +55,22 @@ __device__ __forceinline__ void MbarrierArriveExpectTx(uint64_t* barrier, uint32
 #endif
 }
 
+// Arrives once, with no transaction bytes.
+__device__ __forceinline__ void MbarrierArrive(uint64_t* barrier) {
+#if KSSERVE_TMA
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(SharedAddress(barrier)) : "memory");
+#endif
+}
+
+// Arrives once on `barrier` when every cp.async this thread has issued so far has landed; the
+// arrival is one of those the barrier was initialized to expect.
+__device__ __forceinline__ void CpAsyncMbarrierArrive(uint64_t* barrier) {
+#if KSSERVE_TMA
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(SharedAddress(barrier))
+               : "memory");
+#endif
+}
+
 // Blocks until the barrier's phase with parity `parity` has completed. The retry loop lives inside
 // the asm (labels are local to its braces), so the compiler sees no divergent branch here: one
 // before wgmma would make it serialize them.
@@ -73,6 +95,32 @@ __device__ __forceinline__ void TmaLoad2d(void* to, const CUtensorMap* map, int 
       "%3}], "
       "[%4];\n" ::"r"(SharedAddress(to)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(column), "r"(row), "r"(SharedAddress(barrier))
+      : "memory");
+#endif
+}
+
+// The box of `map` at coords into shared memory at `to` (16-byte aligned), completing on `barrier`.
+__device__ __forceinline__ void TmaLoad4d(void* to, const CUtensorMap* map, int c0, int c1, int c2, int c3,
+                                          uint64_t* barrier) {
+#if KSSERVE_TMA
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
+      "%4, "
+      "%5}], [%6];\n" ::"r"(SharedAddress(to)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(SharedAddress(barrier))
+      : "memory");
+#endif
+}
+
+__device__ __forceinline__ void TmaLoad5d(void* to, const CUtensorMap* map, int c0, int c1, int c2, int c3,
+                                          int c4, uint64_t* barrier) {
+#if KSSERVE_TMA
+  asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
+      "%4, "
+      "%5, %6}], [%7];\n" ::"r"(SharedAddress(to)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4),
+      "r"(SharedAddress(barrier))
       : "memory");
 #endif
 }

@@ -23,10 +23,17 @@ __device__ __forceinline__ constexpr int CoreMatrixOffset(int row, int k) {
   return ((row / 8) * (BK / 8) + k / 8) * 64 + (row % 8) * 8;
 }
 
-__device__ __forceinline__ uint64_t SharedMatrixDescriptor(const void* tile, uint32_t row_group_bytes) {
+// k_group_bytes apart: the two 8-value k halves of a row group (LBO); row_group_bytes: the 8-row
+// groups (SBO).
+__device__ __forceinline__ uint64_t SharedMatrixDescriptor(const void* tile, uint32_t k_group_bytes,
+                                                           uint32_t row_group_bytes) {
   const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(tile));
-  return uint64_t{(address & 0x3ffff) >> 4} | uint64_t{128 >> 4} << 16 |
+  return uint64_t{(address & 0x3ffff) >> 4} | uint64_t{(k_group_bytes >> 4) & 0x3fff} << 16 |
          uint64_t{(row_group_bytes >> 4) & 0x3fff} << 32;
+}
+
+__device__ __forceinline__ uint64_t SharedMatrixDescriptor(const void* tile, uint32_t row_group_bytes) {
+  return SharedMatrixDescriptor(tile, 128, row_group_bytes);
 }
 
 // A K-major operand tile as the tensor memory accelerator writes it with 128-byte swizzle: rows
@@ -49,6 +56,19 @@ __device__ __forceinline__ void FenceProxyAsync() {
 // Waits for the 128 threads of one warpgroup only (named barrier 1 + warpgroup; 0 is __syncthreads).
 __device__ __forceinline__ void WarpgroupBarrier(int warpgroup) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(1 + warpgroup) : "memory");
+}
+
+// Sets this warpgroup's register count per thread (sm_90): producers give registers back,
+// consumers take them; every thread of the warpgroup executes it.
+template <int kRegisters, bool kIncrease>
+__device__ __forceinline__ void SetMaxRegisters() {
+#if KSSERVE_WGMMA
+  if constexpr (kIncrease) {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegisters));
+  } else {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegisters));
+  }
+#endif
 }
 
 __device__ __forceinline__ void WgmmaFence() {
@@ -119,6 +139,51 @@ __device__ __forceinline__ void WgmmaM64K16(float (&d)[N / 2], uint64_t desc_a, 
 #endif
 }
 
+// wgmma.mma_async m64nNk16 (N = 32, 64 or 128) with A from registers: four 32-bit registers per
+// thread in the mma.sync m16n8k16 A-fragment order for the warp's 16 rows of the 64. The registers
+// must stay unchanged until the wgmma has completed (wgmma.wait_group).
+#define KSSERVE_WGMMA_RS(SHAPE, TYPE, REGS, A, B, SCALE, ...)                                        \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SCALE ", 0;\nwgmma.mma_async.sync.aligned." SHAPE \
+               ".f32." TYPE "." TYPE " {" REGS "}, {" A "}, " B ", p, 1, 1, 0;\n}\n"                 \
+               : __VA_ARGS__                                                                         \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(static_cast<int>(accumulate)))
+#define KSSERVE_R16 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+
+template <typename T, int N>
+__device__ __forceinline__ void WgmmaM64K16Rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b,
+                                              bool accumulate) {
+  static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>);
+  static_assert(N == 32 || N == 64 || N == 128);
+#if KSSERVE_WGMMA
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  if constexpr (N == 32) {
+    if constexpr (kBf16) {
+      KSSERVE_WGMMA_RS("m64n32k16", "bf16", KSSERVE_R16, "%16, %17, %18, %19", "%20", "%21", KSSERVE_F16(0));
+    } else {
+      KSSERVE_WGMMA_RS("m64n32k16", "f16", KSSERVE_R16, "%16, %17, %18, %19", "%20", "%21", KSSERVE_F16(0));
+    }
+  } else if constexpr (N == 64) {
+    if constexpr (kBf16) {
+      KSSERVE_WGMMA_RS("m64n64k16", "bf16", KSSERVE_R0, "%32, %33, %34, %35", "%36", "%37", KSSERVE_F32(0));
+    } else {
+      KSSERVE_WGMMA_RS("m64n64k16", "f16", KSSERVE_R0, "%32, %33, %34, %35", "%36", "%37", KSSERVE_F32(0));
+    }
+  } else {
+    if constexpr (kBf16) {
+      KSSERVE_WGMMA_RS("m64n128k16", "bf16", KSSERVE_R0 ", " KSSERVE_R1, "%64, %65, %66, %67", "%68", "%69",
+                       KSSERVE_F32(0), KSSERVE_F32(32));
+    } else {
+      KSSERVE_WGMMA_RS("m64n128k16", "f16", KSSERVE_R0 ", " KSSERVE_R1, "%64, %65, %66, %67", "%68", "%69",
+                       KSSERVE_F32(0), KSSERVE_F32(32));
+    }
+  }
+#else
+  __trap();  // never launched: the launchers run these tiles on sm_90 only
+#endif
+}
+
+#undef KSSERVE_WGMMA_RS
+#undef KSSERVE_R16
 #undef KSSERVE_WGMMA_M64K16
 #undef KSSERVE_F4
 #undef KSSERVE_F16

@@ -133,7 +133,11 @@ TEST_F(CudaAlgorithmsTest, EveryAlgorithmMatchesFp64OnModelButterflyAndOddPatter
       // d = 1 with odd b (tensor-core tiles' partial r-tiles and scalar stores); d = 6 and 12 (a
       // whole-d group of 6, and groups of 4); an odd d beyond every j group.
       {{3, 13, 64, 1}, 1568}, {{5, 7, 40, 1}, 10007}, {{2, 48, 48, 6}, 196}, {{1, 96, 64, 12}, 1568},
-      {{1, 64, 48, 17}, 196}};
+      {{1, 64, 48, 17}, 196},
+      // The TMA tile's layouts: j groups of 8 inside d (odd b, c off its 16- and 32-s stages), d = 8
+      // whole, d = 4 and 2 (b off the 64- and 128-wide tiles), batches off its 128 rows.
+      {{3, 37, 40, 16}, 1568}, {{2, 100, 24, 8}, 10007}, {{5, 30, 56, 4}, 196}, {{3, 66, 8, 2}, 1568},
+      {{1, 200, 72, 24}, 25088}};
   std::mt19937 rng(std::random_device{}());
   for (const auto dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
     for (size_t k = 0; k < cases.size(); ++k) {

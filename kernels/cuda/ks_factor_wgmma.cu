@@ -1,0 +1,383 @@
+// The KS factor on Hopper warpgroup MMA fed by the tensor memory accelerator (sm_90a; BF16/FP16,
+// FP32 accumulation), for c a multiple of 8 and d in {2, 4} or a multiple of 8.
+//
+// A block of two consumer warpgroups and one producer warpgroup walks output tiles persistently.
+// A tile is, for one i, 128 batch rows × JT consecutive j (JT = d in {2, 4, 8}, else 8 of d) ×
+// BN = 256 / JT outputs r; the warpgroups take rows 0–63 and 64–127, so every consumer thread
+// holds 128 FP32 accumulators. The producer fills a ring of stages of 16·kK16 values of s:
+//   x as [8-s block][row][8 s × JT j], the rows as they lie in memory 8 s at a time: one TMA box
+//     when JT = d (XLoad::kTmaWhole); else (XLoad::kCopy) x's runs along j are 16 bytes, too short
+//     for TMA to move at speed, and the producer warpgroup copies them with cp.async instead;
+//   w, packed [(i·d + j)][r][s] at load time, as one TMA box of [j][8-s block][r][8 s]: K-major
+//     core matrices.
+// wgmma cannot read j-interleaved x from shared memory, so each consumer thread gathers its A
+// fragments itself: one 16-byte load holds the (2 s × 4 j) or (1 s × 8 j) values that the
+// fragments of several j need, and byte permutes split them per j; B goes by descriptor. The
+// 16-byte loads of a quarter warp fall in distinct banks (for JT = 8 some threads read their two
+// s in the other order, see GatherFragments), so there are no bank conflicts and no swizzle.
+// A thread ends a tile holding the JT outputs of one (row, r), or the 2·JT of (row, r, r + 1)
+// when JT = d: contiguous in y, they go out with bias and activation as one store, no staging.
+// The producer runs on into the next tile while the consumers store, so loads never pause.
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/block_order.h"
+#include "kernels/cuda/convert.cuh"
+#include "kernels/cuda/launch.h"
+#include "kernels/cuda/mma_sm80.cuh"
+#include "kernels/cuda/tma_sm90.cuh"
+#include "kernels/cuda/wgmma_sm90.cuh"
+#include "kernels/epilogue.h"
+
+namespace ksserve::kernels::cuda {
+namespace {
+
+constexpr int kConsumerThreads = 256;  // two warpgroups; the producer warpgroup follows
+constexpr int kBlockThreads = kConsumerThreads + 128;
+constexpr int kMaxStages = 8;
+constexpr int kSharedBudget = 232448;  // opt-in shared memory per block on sm_90
+constexpr int kAlign = 128;
+
+enum class XLoad { kTmaWhole, kCopy };
+
+template <int JT_, XLoad kLoad_>
+struct WgFactorTile {
+  static constexpr int JT = JT_;
+  static constexpr XLoad kLoad = kLoad_;
+  static constexpr int BM = 128;                // batch rows per tile
+  static constexpr int BN = 256 / JT;           // wgmma N: 128 accumulators per thread
+  static constexpr int kK16 = JT == 8 ? 1 : 2;  // k16 steps per stage
+  static constexpr int kKBlocks = 2 * kK16;     // 8-s blocks per stage
+  static constexpr int kXPitch = 8 * JT;        // x in a stage: [8-s block][row][8 s × JT j]
+  static constexpr int kXBytes = kKBlocks * BM * kXPitch * 2;
+  static constexpr int kWBytes = JT * kKBlocks * BN * 16;
+  static constexpr int kStageBytes = kXBytes + kWBytes;
+  static constexpr int kFixedBytes = kAlign + 16 * kMaxStages;  // alignment, full and empty barriers
+  static constexpr int kStages = std::min(kMaxStages, (kSharedBudget - kFixedBytes) / kStageBytes);
+  static constexpr int kSharedBytes = kFixedBytes + kStages * kStageBytes;
+  static_assert(JT == 2 || JT == 4 || JT == 8);
+  static_assert(kLoad == XLoad::kTmaWhole || JT == 8);
+  static_assert(kXBytes % kAlign == 0 && kWBytes % kAlign == 0 && kStages >= 3);
+};
+
+// n consecutive values of T from `from` (aligned to their size) as FP32.
+template <typename T, int n>
+__device__ __forceinline__ void LoadValues(const T* from, float (&to)[n]) {
+  static_assert(n == 4 || n == 8);
+  T values[n];
+  if constexpr (n == 8) {
+    *reinterpret_cast<uint4*>(values) = *reinterpret_cast<const uint4*>(from);
+  } else {
+    *reinterpret_cast<uint2*>(values) = *reinterpret_cast<const uint2*>(from);
+  }
+#pragma unroll
+  for (int e = 0; e < n; ++e) to[e] = ToFloat(values[e]);
+}
+
+// A fragments of one k16 step for every j of the tile: a[jj][q] is register q of the m16n8k16 A
+// fragment of j0 + jj (q: row group, +8 rows, then the same for s + 8). x_step: the step's first
+// 8-s block; row: the thread's first row in the tile. JT = 8: the thread reads s = 2·quad + flip
+// first, then the other one, and the permutes flip_lo and flip_hi pair the halves accordingly;
+// threads of odd rows flip, so the eight threads of a quarter warp hit distinct banks (rows are
+// 128 bytes, a row's s 16 bytes apart).
+template <typename Tile>
+__device__ __forceinline__ void GatherFragments(const uint16_t* x_step, int row, int quad, int flip,
+                                                uint32_t flip_lo, uint32_t flip_hi,
+                                                uint32_t (&a)[Tile::JT][4]) {
+  constexpr int JT = Tile::JT;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    // Block q / 2 (s + 8 for q >= 2), row + 8 for odd q.
+    const uint16_t* const rows = x_step + ((q / 2) * Tile::BM + row + 8 * (q % 2)) * Tile::kXPitch;
+    if constexpr (JT == 8) {
+      // Two 16-byte loads, of s = 2·quad + flip and the other one: 8 j each.
+      const uint4 u = *reinterpret_cast<const uint4*>(rows + (2 * quad + flip) * 8);
+      const uint4 v = *reinterpret_cast<const uint4*>(rows + (2 * quad + 1 - flip) * 8);
+      const uint32_t uw[4] = {u.x, u.y, u.z, u.w}, vw[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj)
+        a[jj][q] = __byte_perm(uw[jj / 2], vw[jj / 2], jj % 2 ? flip_hi : flip_lo);
+    } else if constexpr (JT == 4) {
+      // One 16-byte load: s = 2·quad, 2·quad + 1 (words 0–1, 2–3), 4 j each.
+      const uint4 u = *reinterpret_cast<const uint4*>(rows + quad * 8);
+      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj)
+        a[jj][q] = __byte_perm(w[jj / 2], w[jj / 2 + 2], jj % 2 ? 0x7632 : 0x5410);
+    } else {
+      // One 8-byte load: s = 2·quad, 2·quad + 1, 2 j each.
+      const uint2 u = *reinterpret_cast<const uint2*>(rows + quad * 4);
+      a[0][q] = __byte_perm(u.x, u.y, 0x5410);
+      a[1][q] = __byte_perm(u.x, u.y, 0x7632);
+    }
+  }
+}
+
+// The producer warpgroup's share of a stage's x (kCopy, JT = 8): [8-s block][row][8 s][8 j], 16
+// bytes per (block, row, s); thread `producer` copies s = producer % 8 of (block, row) pairs
+// producer / 8 + 16·l. Rows past the batch and s past c are zero-filled.
+template <typename Tile, typename T>
+__device__ __forceinline__ void CopyXStage(const KsFactorParams& p, T* x_stage, int producer, int n0, int i,
+                                           int j0, int block) {
+  static_assert(Tile::JT == 8);
+  const int64_t c = p.pattern.c, d = p.pattern.d, in = p.pattern.in_features();
+  const int s8 = producer % 8;
+  const T* const x = static_cast<const T*>(p.x) + i * c * d + j0;
+#pragma unroll 4
+  for (int l = 0; l < Tile::kKBlocks * Tile::BM / 16; ++l) {
+    const int block_row = producer / 8 + 16 * l;
+    const int kb = block_row / Tile::BM, row = block_row % Tile::BM;
+    const int64_t n = n0 + row, s = (block + kb) * 8 + s8;
+    const bool valid = n < p.batch && s < c;
+    CpAsync<16>(x_stage + block_row * Tile::kXPitch + s8 * 8, valid ? x + n * in + s * d : x, valid);
+  }
+}
+
+template <typename T, typename Tile>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    KsFactorWgmmaKernel(KsFactorParams p, BlockGrid grid, const __grid_constant__ CUtensorMap x_map,
+                        const __grid_constant__ CUtensorMap w_map) {
+  constexpr int JT = Tile::JT, BM = Tile::BM, BN = Tile::BN, kK16 = Tile::kK16, kStages = Tile::kStages;
+  constexpr bool kWholeJ = Tile::kLoad == XLoad::kTmaWhole;
+  extern __shared__ __align__(kAlign) unsigned char shared_bytes[];
+  // Rounded up by an offset into the shared array, so the compiler keeps shared loads on it.
+  const uint32_t misalignment = SharedAddress(shared_bytes) % kAlign;
+  unsigned char* const stages = shared_bytes + (misalignment == 0 ? 0 : kAlign - misalignment);
+  uint64_t* const stage_full = reinterpret_cast<uint64_t*>(stages + kStages * Tile::kStageBytes);
+  uint64_t* const stage_empty = stage_full + kMaxStages;  // every consumer warp is done with it
+  // A stage is full when its boxes have landed and, for x copied by the producer warpgroup, when
+  // each of its 128 threads has seen its copies land.
+  constexpr int kFullArrivals = kWholeJ ? 1 : 1 + 128;
+  if (threadIdx.x == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      MbarrierInit(&stage_full[st], kFullArrivals);
+      MbarrierInit(&stage_empty[st], kConsumerThreads / 32);
+    }
+    FenceMbarrierInit();
+  }
+  __syncthreads();
+
+  const int64_t tiles = grid.blocks();
+  const int steps = static_cast<int>((p.pattern.c + 16 * kK16 - 1) / (16 * kK16));
+  if (threadIdx.x >= kConsumerThreads) {
+    SetMaxRegisters<40, false>();
+    // The producer fills each stage as soon as every consumer warp has released it: one thread
+    // issues the boxes, the whole warpgroup copies x where TMA does not.
+    const int producer = threadIdx.x - kConsumerThreads;
+    if (kWholeJ && producer != 0) return;
+    const int d = static_cast<int>(p.pattern.d);
+    uint32_t empty_phases = 0;  // bit s: the parity of stage s's next release
+    int buffer = 0;
+    int64_t issued = 0;
+    for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+      const BlockCoords at = DecodeBlock(grid, tile);
+      const int i = static_cast<int>(at.i), j0 = static_cast<int>(at.jg) * JT;
+      const int r0 = static_cast<int>(at.rt) * BN, n0 = static_cast<int>(at.nt) * BM;
+      for (int step = 0; step < steps; ++step, ++issued) {
+        if (issued >= kStages) {
+          MbarrierWait(&stage_empty[buffer], empty_phases >> buffer & 1u);
+          empty_phases ^= 1u << buffer;
+        }
+        unsigned char* const stage = stages + buffer * Tile::kStageBytes;
+        uint64_t* const full = &stage_full[buffer];
+        const int block = step * Tile::kKBlocks;  // first 8-s block
+        if (producer == 0) {
+          MbarrierArriveExpectTx(full, kWholeJ ? Tile::kStageBytes : Tile::kWBytes);
+          if constexpr (kWholeJ) TmaLoad4d(stage, &x_map, 0, n0, block, i, full);
+          TmaLoad4d(stage + Tile::kXBytes, &w_map, 0, r0, block, i * d + j0, full);
+        }
+        if constexpr (!kWholeJ) {
+          CopyXStage<Tile>(p, reinterpret_cast<T*>(stage), producer, n0, i, j0, block);
+          CpAsyncMbarrierArrive(full);
+        }
+        if (++buffer == kStages) buffer = 0;
+      }
+    }
+    return;
+  }
+
+  SetMaxRegisters<232, true>();
+  const int warpgroup = threadIdx.x / 128, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
+  const int group = lane / 4, quad = lane % 4;
+  const int row = 64 * warpgroup + 16 * warp + group;  // the thread's rows: row and row + 8
+  const int flip = JT == 8 ? group % 2 : 0;
+  const uint32_t flip_lo = flip ? 0x1054 : 0x5410, flip_hi = flip ? 0x3276 : 0x7632;
+  const int64_t b = p.pattern.b, d = p.pattern.d, out = p.pattern.out_features();
+  const T* const bias = static_cast<const T*>(p.bias);
+  T* const y = static_cast<T*>(p.y);
+  constexpr uint32_t kWKBlockBytes = BN * 16;  // one 8-s block of one j's w: BN rows of 16 bytes
+
+  float acc[JT][BN / 2];
+  uint32_t full_phases = 0;  // bit s: the parity of stage s's next completion
+  int buffer = 0;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    for (int step = 0; step < steps; ++step) {
+      MbarrierWait(&stage_full[buffer], full_phases >> buffer & 1u);
+      full_phases ^= 1u << buffer;
+      const unsigned char* const stage = stages + buffer * Tile::kStageBytes;
+      const uint16_t* const x_stage = reinterpret_cast<const uint16_t*>(stage);
+      const uint64_t w_desc = SharedMatrixDescriptor(stage + Tile::kXBytes, kWKBlockBytes, 128);
+      uint32_t a[kK16][JT][4];
+#pragma unroll
+      for (int kk = 0; kk < kK16; ++kk) {
+        GatherFragments<Tile>(x_stage + 2 * kk * BM * Tile::kXPitch, row, quad, flip, flip_lo, flip_hi,
+                              a[kk]);
+      }
+      WgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < kK16; ++kk) {
+#pragma unroll
+        for (int jj = 0; jj < JT; ++jj) {
+          // Descriptor addresses count 16 bytes: j's blocks follow each other, two per k16.
+          constexpr uint64_t kBlockStep = kWKBlockBytes / 16;
+          WgmmaM64K16Rs<T, BN>(acc[jj], a[kk][jj], w_desc + (jj * Tile::kKBlocks + 2 * kk) * kBlockStep,
+                               /*accumulate=*/step + kk > 0);
+        }
+      }
+      WgmmaCommit();
+      WgmmaWait<0>();  // the fragments' registers and the stage are free again
+      __syncwarp();
+      if (lane == 0) MbarrierArrive(&stage_empty[buffer]);
+      if (++buffer == kStages) buffer = 0;
+    }
+
+    // Accumulator element 4·nb + 2·upper + e of j is row row + 8·upper of the tile and output
+    // r0 + 8·nb + 2·quad + e.
+    const BlockCoords at = DecodeBlock(grid, tile);
+    const int64_t i = at.i, j0 = at.jg * JT, r0 = at.rt * BN, n0 = at.nt * BM;
+    WithActivation(p.activation, [&](auto activation) {
+      constexpr Activation kActivation = decltype(activation)::value;
+#pragma unroll
+      for (int nb = 0; nb < BN / 8; ++nb) {
+        if constexpr (JT < 8) {
+          // JT = d: outputs r and r + 1 (b is even), all d of each: 2·JT contiguous values.
+          const int64_t r = r0 + 8 * nb + 2 * quad;
+          if (r >= b) continue;
+          const int64_t feature = (i * b + r) * d;
+          float bias_values[2 * JT] = {};
+          if (bias != nullptr) LoadValues<T, 2 * JT>(bias + feature, bias_values);
+#pragma unroll
+          for (int upper = 0; upper < 2; ++upper) {
+            const int64_t n = n0 + row + 8 * upper;
+            if (n >= p.batch) continue;
+            uint32_t words[JT];
+#pragma unroll
+            for (int w = 0; w < JT; ++w) {
+              float v[2];
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int f = 2 * w + h, e = f / JT, jj = f % JT;
+                v[h] = ApplyActivation<kActivation>(acc[jj][4 * nb + 2 * upper + e] + bias_values[f]);
+              }
+              words[w] = PackPair<T>(v[0], v[1]);
+            }
+            StoreWords<JT>(y + n * out + feature, words);
+          }
+        } else {
+          // Output r, the 8 j of the tile: 8 contiguous values (16 bytes; d is a multiple of 8).
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t r = r0 + 8 * nb + 2 * quad + e;
+            if (r >= b) continue;
+            const int64_t feature = (i * b + r) * d + j0;
+            float bias_values[8] = {};
+            if (bias != nullptr) LoadValues<T, 8>(bias + feature, bias_values);
+#pragma unroll
+            for (int upper = 0; upper < 2; ++upper) {
+              const int64_t n = n0 + row + 8 * upper;
+              if (n >= p.batch) continue;
+              uint32_t words[4];
+#pragma unroll
+              for (int w = 0; w < 4; ++w) {
+                words[w] = PackPair<T>(
+                    ApplyActivation<kActivation>(acc[2 * w][4 * nb + 2 * upper + e] + bias_values[2 * w]),
+                    ApplyActivation<kActivation>(acc[2 * w + 1][4 * nb + 2 * upper + e] +
+                                                 bias_values[2 * w + 1]));
+              }
+              StoreWords<4>(y + n * out + feature, words);
+            }
+          }
+        }
+      }
+    });
+  }
+}
+
+template <typename T, typename Tile>
+cudaError_t Launch(const KsFactorParams& p, const void* packed_w, cudaStream_t stream) {
+  const auto kernel = KsFactorWgmmaKernel<T, Tile>;
+  if (cudaError_t err = AllowDynamicShared(reinterpret_cast<const void*>(kernel), Tile::kSharedBytes);
+      err != cudaSuccess) {
+    return err;
+  }
+  int device = 0, sms = 0;
+  if (cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
+  if (cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+      err != cudaSuccess) {
+    return err;
+  }
+  const KsPattern& k = p.pattern;
+  constexpr bool kBFloat16 = std::is_same_v<T, __nv_bfloat16>;
+  CUtensorMap x_map{}, w_map{};  // x_map: kTmaWhole only
+  if constexpr (Tile::kLoad == XLoad::kTmaWhole) {
+    // (8 s × d values of an 8-s block, row, 8-s block, i)
+    const int64_t dims[4] = {8 * k.d, p.batch, k.c / 8, k.a};
+    const int64_t strides[3] = {k.in_features() * 2, 16 * k.d, k.c * k.d * 2};
+    const int box[4] = {8 * Tile::JT, Tile::BM, Tile::kKBlocks, 1};
+    if (cudaError_t err = MakeTensorMap16(&x_map, p.x, kBFloat16, 4, dims, strides, box);
+        err != cudaSuccess) {
+      return err;
+    }
+  }
+  {
+    // Packed w: (s within its 8-s block, r, 8-s block, i·d + j)
+    const int64_t dims[4] = {8, k.b, k.c / 8, k.a * k.d};
+    const int64_t strides[3] = {k.c * 2, 16, k.b * k.c * 2};
+    const int box[4] = {8, Tile::BN, Tile::kKBlocks, Tile::JT};
+    if (cudaError_t err = MakeTensorMap16(&w_map, packed_w, kBFloat16, 4, dims, strides, box);
+        err != cudaSuccess) {
+      return err;
+    }
+  }
+  const BlockGrid grid = MakeBlockGrid(k, p.batch, Tile::JT, Tile::BM, Tile::BN, 2);
+  const int64_t blocks = std::min<int64_t>(grid.blocks(), sms);
+  kernel<<<static_cast<unsigned>(blocks), kBlockThreads, Tile::kSharedBytes, stream>>>(p, grid, x_map, w_map);
+  return cudaGetLastError();
+}
+
+bool Aligned(const void* ptr, int bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
+
+}  // namespace
+
+bool KsFactorWgmmaRuns(const KsFactorParams& p, const void* packed_w) {
+  const KsPattern& k = p.pattern;
+  if (p.dtype == DType::kFloat32 || packed_w == nullptr || !DeviceRunsWgmma()) return false;
+  // Rows of x and packed w 16-byte aligned (c % 8); whole-run stores need b even when JT = d.
+  const bool whole = k.d == 2 || k.d == 4 || k.d == 8;
+  if (k.c % 8 != 0 || !(whole || k.d % 8 == 0) || (whole && k.d < 8 && k.b % 2 != 0)) return false;
+  // Coordinates of the boxes are 32-bit.
+  if (p.batch > int64_t{0x7fffffff} || k.a * k.d * k.b > int64_t{0x7fffffff}) return false;
+  return Aligned(p.x, 16) && Aligned(p.y, 16) && Aligned(packed_w, 16) &&
+         (p.bias == nullptr || Aligned(p.bias, 16));
+}
+
+cudaError_t LaunchKsFactorWgmma(const KsFactorParams& params, const void* packed_w, cudaStream_t stream) {
+  if (!KsFactorWgmmaRuns(params, packed_w)) return cudaErrorInvalidValue;
+  return With16BitStorageType(params.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    switch (params.pattern.d) {
+      case 2:
+        return Launch<T, WgFactorTile<2, XLoad::kTmaWhole>>(params, packed_w, stream);
+      case 4:
+        return Launch<T, WgFactorTile<4, XLoad::kTmaWhole>>(params, packed_w, stream);
+      case 8:
+        return Launch<T, WgFactorTile<8, XLoad::kTmaWhole>>(params, packed_w, stream);
+      default:
+        return Launch<T, WgFactorTile<8, XLoad::kCopy>>(params, packed_w, stream);
+    }
+  });
+}
+
+}  // namespace ksserve::kernels::cuda
