@@ -407,8 +407,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   WithVectorWidth<8>(launch.y_vec, store);
 }
 
-bool Aligned(const void* ptr, int bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
-
 template <typename T, typename TileT, int JT, int kChunk, bool kPackedW>
 cudaError_t LaunchConfig(const KsFactorParams& p, const void* packed_w, cudaStream_t stream) {
   using Cfg = TcConfig<TileT, JT, kChunk, kPackedW>;

@@ -347,8 +347,6 @@ cudaError_t Launch(const KsFactorParams& p, const void* packed_w, cudaStream_t s
   return cudaGetLastError();
 }
 
-bool Aligned(const void* ptr, int bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
-
 }  // namespace
 
 bool KsFactorWgmmaRuns(const KsFactorParams& p, const void* packed_w) {

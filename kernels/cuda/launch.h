@@ -4,6 +4,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
+
 #include "kernels/ks_params.h"
 
 namespace ksserve::kernels::cuda {
@@ -51,6 +53,9 @@ bool PairTileUsesWgmma(PairTile tile);
 bool KsPairWgmmaRuns(const KsPattern& second);
 int64_t KsPairWgmmaSharedBytes(const KsPattern& first, const KsPattern& second, PairTile tile);
 cudaError_t LaunchKsPairWgmma(const KsPairArgs& params, PairTile tile, cudaStream_t stream);
+
+// `ptr` is a multiple of `bytes`: what vector copies and TMA need of their pointers.
+inline bool Aligned(const void* ptr, int bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
 // The current device runs the sm_90a code (wgmma) of the fat binary.
 bool DeviceRunsWgmma();
