@@ -222,7 +222,7 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
   if (dtype != DType::kFloat32 && batch > 64) {
     if (pattern.d == 1) return pattern.b > 64 ? FusedTile::kTcM128N128 : FusedTile::kTcM128N64;
     if (batch > 4096) {
-      // d = 4 and 8: the persistent TMA + warpgroup-MMA tile (1.3-1.6x the pipelined tiles on an
+      // d = 4 and 8: the persistent TMA + warpgroup-MMA tile (1.2-1.7x the pipelined tiles on an
       // H200, bench/results/h200-ksbench-bf16-25088-candidates.csv; where it cannot run it hands
       // over to kTcM64N64K16). Else 4-j groups in s steps of 16 (two blocks per SM) for d = 16
       // and 32; for b of 256 and more, the tile twice as wide in r; 8-j groups for wide d.
