@@ -124,6 +124,11 @@ std::vector<KsKernelChoice> KernelCandidates(const KsPattern& pattern, DType dty
     if (FusedTileUsesTensorCores(tile) && dtype == DType::kFloat32) continue;
     // Elsewhere the pipelined FP32 tile runs as its register-staged twin: a repeat.
     if (tile == FusedTile::kJ4M64N64Async && (dtype != DType::kFloat32 || pattern.d % 4 != 0)) continue;
+    // The pair of r tiles needs two of them (b wider than 256 / d) and d = 2, 4 or 8.
+    if (tile == FusedTile::kWgTmaPairX &&
+        ((pattern.d != 2 && pattern.d != 4 && pattern.d != 8) || pattern.b * pattern.d <= 256)) {
+      continue;
+    }
     // A j group wider than d leaves lanes idle; such tiles never win and cost tuning time. The
     // rule's tile is always tried.
     if (FusedTileJ(tile) <= std::max<int64_t>(pattern.d, 1) || tile == DefaultFusedTile(pattern, 1, dtype) ||

@@ -222,12 +222,18 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
   if (dtype != DType::kFloat32 && batch > 64) {
     if (pattern.d == 1) return pattern.b > 64 ? FusedTile::kTcM128N128 : FusedTile::kTcM128N64;
     if (batch > 4096) {
-      // d = 4 and 8: the persistent TMA + warpgroup-MMA tile (1.2-1.7x the pipelined tiles on an
-      // H200, bench/results/h200-ksbench-bf16-25088-candidates.csv; where it cannot run it hands
-      // over to kTcM64N64K16). Else 4-j groups in s steps of 16 (two blocks per SM) for d = 16
-      // and 32; for b of 256 and more, the tile twice as wide in r; 8-j groups for wide d.
+      // d = 2, 4 and 8: the persistent TMA + warpgroup-MMA tile (1.6-2.9x the best pipelined tile
+      // on an H200 but for one small d = 2 pattern, bench/results/h200-ksbench-bf16-25088-candidates.csv;
+      // where it cannot run it hands over to kTcM64N64K16), in clusters sharing x where d < 8 and
+      // the 256 / d-wide r tiles pair up (a median 0.86x the time of single blocks, 0.72-1.18x;
+      // with an odd count 1.2-1.5x). Else 4-j groups in s steps of 16 (two blocks per SM) for
+      // d = 16 and 32; for b of 256 and more, the tile twice as wide in r; 8-j groups for wide d.
       const int64_t d = pattern.d;
-      if (d == 4 || d == 8) return FusedTile::kWgTma;
+      if (d == 2 || d == 4) {
+        const int64_t r_tiles = (pattern.b * d + 255) / 256;
+        return r_tiles % 2 == 0 ? FusedTile::kWgTmaPairX : FusedTile::kWgTma;
+      }
+      if (d == 8) return FusedTile::kWgTma;
       if (d == 16 || d == 32) return FusedTile::kTcM64N64K16;
       if (pattern.b >= 256 && (d % 4 == 0 || d == 2)) return FusedTile::kTcM64N128K16;
       if (d % 8 == 0 && d >= 48) return FusedTile::kTcM64N32;
@@ -279,6 +285,7 @@ int FusedTileJ(FusedTile tile) {
     case FusedTile::kTcM64N32:
     case FusedTile::kTcM32N32:
     case FusedTile::kWgTma:
+    case FusedTile::kWgTmaPairX:
       break;  // chosen from d at launch
   }
   return 1;
@@ -295,6 +302,7 @@ bool FusedTileReadsPackedWeights(FusedTile tile) {
     case FusedTile::kTcM64N32:
     case FusedTile::kTcM32N32:
     case FusedTile::kWgTma:
+    case FusedTile::kWgTmaPairX:
       return true;
     default:
       return false;
@@ -361,6 +369,8 @@ std::string FusedTileName(FusedTile tile) {
       return "tc-m32n32";
     case FusedTile::kWgTma:
       return "wg-tma";
+    case FusedTile::kWgTmaPairX:
+      return "wg-tma-x2";
   }
   return "unknown";
 }

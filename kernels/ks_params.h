@@ -86,6 +86,7 @@ enum class FusedTile : uint8_t {
   // Warpgroup MMA fed by TMA, persistent, 128 rows × 256 outputs (JT = d or 8) per tile (sm_90; c a
   // multiple of 8, d in {2, 4} or a multiple of 8, packed weights; elsewhere kTcM64N64K16 runs).
   kWgTma,
+  kWgTmaPairX,  // the same where d is 2, 4 or 8 with clusters of two blocks sharing x (TMA multicast)
 };
 inline constexpr FusedTile kAllFusedTiles[] = {
     FusedTile::kJ1M16N64,    FusedTile::kJ1M128N128,    FusedTile::kJ1M128N64,      FusedTile::kJ2M128N64,
@@ -93,7 +94,7 @@ inline constexpr FusedTile kAllFusedTiles[] = {
     FusedTile::kJ32M16N8,    FusedTile::kMmaJ1M128N64,  FusedTile::kMmaJ1M128N128,  FusedTile::kMmaJ4M64N64,
     FusedTile::kMmaJ8M32N32, FusedTile::kTcM128N128,    FusedTile::kTcM128N64,      FusedTile::kTcM64N64,
     FusedTile::kTcM64N64K16, FusedTile::kTcM64N128K16,  FusedTile::kTcWgM64N128K16, FusedTile::kTcM64N32,
-    FusedTile::kTcM32N32,    FusedTile::kWgTma};
+    FusedTile::kTcM32N32,    FusedTile::kWgTma,         FusedTile::kWgTmaPairX};
 
 // The register-staged tensor-core tile for a pattern: the rule's choice where the pipelined tiles
 // cannot run, and what those tiles hand such layouts to.

@@ -542,7 +542,11 @@ cudaError_t LaunchKsFactorTc(const KsFactorParams& params, FusedTile tile, const
       err = LaunchTcTile<TcTile<32, 32, 32, 32>>(params, packed_w, stream, &ran);
       break;
     case FusedTile::kWgTma:
-      if (KsFactorWgmmaRuns(params, packed_w)) return LaunchKsFactorWgmma(params, packed_w, stream);
+    case FusedTile::kWgTmaPairX:
+      if (KsFactorWgmmaRuns(params, packed_w)) {
+        return LaunchKsFactorWgmma(params, packed_w, stream,
+                                   tile == FusedTile::kWgTmaPairX ? WgTmaVariant::kPairX : WgTmaVariant::kPlain);
+      }
       err = LaunchTcTile<TcTile<64, 64, 64, 32, 16>>(params, packed_w, stream, &ran);
       break;
     default:

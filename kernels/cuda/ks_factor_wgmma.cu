@@ -8,8 +8,8 @@
 //   x as [8-s block][row][8 s × JT j], the rows as they lie in memory 8 s at a time: one TMA box
 //     when JT = d (XLoad::kTmaWhole); else (XLoad::kCopy) x's runs along j are 16 bytes, too short
 //     for TMA to move at speed, and the producer warpgroup copies them with cp.async instead;
-//   w, packed [(i·d + j)][r][s] at load time, as one TMA box of [j][8-s block][r][8 s]: K-major
-//     core matrices.
+//   w, packed [(i·d + j)][r][s] at load time, as one TMA box of [j][r][16·kK16 s]: K-major rows
+//     of 32 or 64 bytes (whole sectors), swizzled the way wgmma reads them.
 // wgmma cannot read j-interleaved x from shared memory, so each consumer thread gathers its A
 // fragments itself: one 16-byte load holds the (2 s × 4 j) or (1 s × 8 j) values that the
 // fragments of several j need, and byte permutes split them per j; B goes by descriptor. The
@@ -38,21 +38,28 @@ constexpr int kConsumerThreads = 256;  // two warpgroups; the producer warpgroup
 constexpr int kBlockThreads = kConsumerThreads + 128;
 constexpr int kMaxStages = 8;
 constexpr int kSharedBudget = 232448;  // opt-in shared memory per block on sm_90
-constexpr int kAlign = 128;
+constexpr int kAlign = 1024;           // of a stage: w's swizzle pattern repeats every 8 rows
 
 enum class XLoad { kTmaWhole, kCopy };
 
-template <int JT_, XLoad kLoad_>
+// kPairX_ (kTmaWhole only): two blocks of a cluster take adjacent r tiles of the same rows and
+// share x: each loads half of a stage's 8-s blocks and multicasts them to both, so x crosses L2
+// once per 2·BN outputs r.
+template <int JT_, XLoad kLoad_, bool kPairX_ = false>
 struct WgFactorTile {
-  static constexpr int JT = JT_;
+  static constexpr int JT = JT_;  // j per consumer warpgroup
   static constexpr XLoad kLoad = kLoad_;
-  static constexpr int BM = 128;                // batch rows per tile
-  static constexpr int BN = 256 / JT;           // wgmma N: 128 accumulators per thread
-  static constexpr int kK16 = JT == 8 ? 1 : 2;  // k16 steps per stage
-  static constexpr int kKBlocks = 2 * kK16;     // 8-s blocks per stage
-  static constexpr int kXPitch = 8 * JT;        // x in a stage: [8-s block][row][8 s × JT j]
+  static constexpr bool kPairX = kPairX_;
+  static constexpr int kClusterBlocks = kPairX ? 2 : 1;
+  static constexpr int BM = 128;                 // batch rows per tile
+  static constexpr int BN = 256 / JT;            // wgmma N: 128 accumulators per thread
+  static constexpr int kK16 = JT == 8 ? 1 : 2;   // k16 steps per stage
+  static constexpr int kKBlocks = 2 * kK16;      // 8-s blocks per stage
+  // x in a stage: [8-s block][row][8 s × JT j].
+  static constexpr int kXPitch = 8 * JT;
   static constexpr int kXBytes = kKBlocks * BM * kXPitch * 2;
-  static constexpr int kWBytes = JT * kKBlocks * BN * 16;
+  static constexpr int kWRowBytes = 32 * kK16;  // w: [j][r][16·kK16 s], 32- or 64-byte swizzled rows
+  static constexpr int kWBytes = JT * BN * kWRowBytes;
   static constexpr int kStageBytes = kXBytes + kWBytes;
   static constexpr int kFixedBytes = kAlign + 16 * kMaxStages;  // alignment, full and empty barriers
   static constexpr int kStages = std::min(kMaxStages, (kSharedBudget - kFixedBytes) / kStageBytes);
@@ -60,6 +67,8 @@ struct WgFactorTile {
   static_assert(JT == 2 || JT == 4 || JT == 8);
   static_assert(kLoad == XLoad::kTmaWhole || JT == 8);
   static_assert(kXBytes % kAlign == 0 && kWBytes % kAlign == 0 && kStages >= 3);
+  static_assert(BN % 8 == 0);
+  static_assert(!kPairX || (kLoad == XLoad::kTmaWhole && kKBlocks % 2 == 0));
 };
 
 // n consecutive values of T from `from` (aligned to their size) as FP32.
@@ -76,12 +85,12 @@ __device__ __forceinline__ void LoadValues(const T* from, float (&to)[n]) {
   for (int e = 0; e < n; ++e) to[e] = ToFloat(values[e]);
 }
 
-// A fragments of one k16 step for every j of the tile: a[jj][q] is register q of the m16n8k16 A
-// fragment of j0 + jj (q: row group, +8 rows, then the same for s + 8). x_step: the step's first
-// 8-s block; row: the thread's first row in the tile. JT = 8: the thread reads s = 2·quad + flip
-// first, then the other one, and the permutes flip_lo and flip_hi pair the halves accordingly;
-// threads of odd rows flip, so the eight threads of a quarter warp hit distinct banks (rows are
-// 128 bytes, a row's s 16 bytes apart).
+// A fragments of one k16 step for every j of the warpgroup: a[jj][q] is register q of the
+// m16n8k16 A fragment of its j jj (q: row group, +8 rows, then the same for s + 8). x_step: the
+// step's first 8-s block; row: the thread's first row in the tile. JT = 8: the thread reads
+// s = 2·quad + flip first, then the other one, and the permutes flip_lo and flip_hi pair the halves
+// accordingly. flip is the row parity, so that the eight threads of a quarter warp hit distinct
+// banks (a row is 128 bytes, its s 16 bytes apart).
 template <typename Tile>
 __device__ __forceinline__ void GatherFragments(const uint16_t* x_step, int row, int quad, int flip,
                                                 uint32_t flip_lo, uint32_t flip_hi,
@@ -149,32 +158,41 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   uint64_t* const stage_empty = stage_full + kMaxStages;  // every consumer warp is done with it
   // A stage is full when its boxes have landed and, for x copied by the producer warpgroup, when
   // each of its 128 threads has seen its copies land.
+  // With kPairX a stage is empty once the consumer warps of both blocks are done with it (the
+  // producers write x into both).
   constexpr int kFullArrivals = kWholeJ ? 1 : 1 + 128;
   if (threadIdx.x == 0) {
     for (int st = 0; st < kStages; ++st) {
       MbarrierInit(&stage_full[st], kFullArrivals);
-      MbarrierInit(&stage_empty[st], kConsumerThreads / 32);
+      MbarrierInit(&stage_empty[st], Tile::kClusterBlocks * kConsumerThreads / 32);
     }
     FenceMbarrierInit();
   }
-  __syncthreads();
+  const uint32_t rank = Tile::kPairX ? ClusterCtaRank() : 0;  // the block's r tile of the pair
+  if constexpr (Tile::kPairX) {
+    ClusterSync();  // the other block's barriers are initialized
+  } else {
+    __syncthreads();
+  }
 
+  // With kPairX the grid's r tiles are pairs: tile t of the grid is run by both blocks of a cluster.
   const int64_t tiles = grid.blocks();
+  const int64_t first_tile = blockIdx.x / Tile::kClusterBlocks, tile_step = gridDim.x / Tile::kClusterBlocks;
   const int steps = static_cast<int>((p.pattern.c + 16 * kK16 - 1) / (16 * kK16));
   if (threadIdx.x >= kConsumerThreads) {
     SetMaxRegisters<40, false>();
     // The producer fills each stage as soon as every consumer warp has released it: one thread
     // issues the boxes, the whole warpgroup copies x where TMA does not.
     const int producer = threadIdx.x - kConsumerThreads;
-    if (kWholeJ && producer != 0) return;
     const int d = static_cast<int>(p.pattern.d);
     uint32_t empty_phases = 0;  // bit s: the parity of stage s's next release
     int buffer = 0;
     int64_t issued = 0;
-    for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    for (int64_t tile = first_tile; tile < tiles && (!kWholeJ || producer == 0); tile += tile_step) {
       const BlockCoords at = DecodeBlock(grid, tile);
       const int i = static_cast<int>(at.i), j0 = static_cast<int>(at.jg) * JT;
-      const int r0 = static_cast<int>(at.rt) * BN, n0 = static_cast<int>(at.nt) * BM;
+      const int r0 = static_cast<int>(at.rt * Tile::kClusterBlocks + rank) * BN;
+      const int n0 = static_cast<int>(at.nt) * BM;
       for (int step = 0; step < steps; ++step, ++issued) {
         if (issued >= kStages) {
           MbarrierWait(&stage_empty[buffer], empty_phases >> buffer & 1u);
@@ -185,8 +203,14 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         const int block = step * Tile::kKBlocks;  // first 8-s block
         if (producer == 0) {
           MbarrierArriveExpectTx(full, kWholeJ ? Tile::kStageBytes : Tile::kWBytes);
-          if constexpr (kWholeJ) TmaLoad4d(stage, &x_map, 0, n0, block, i, full);
-          TmaLoad4d(stage + Tile::kXBytes, &w_map, 0, r0, block, i * d + j0, full);
+          if constexpr (Tile::kPairX) {
+            constexpr int kHalf = Tile::kKBlocks / 2;  // this block's 8-s blocks, into both blocks
+            TmaLoad4dMulticast(stage + rank * (Tile::kXBytes / 2), &x_map, 0, n0, block + rank * kHalf, i,
+                               full, 0b11);
+          } else if constexpr (kWholeJ) {
+            TmaLoad4d(stage, &x_map, 0, n0, block, i, full);
+          }
+          TmaLoad3d(stage + Tile::kXBytes, &w_map, step * 16 * kK16, r0, i * d + j0, full);
         }
         if constexpr (!kWholeJ) {
           CopyXStage<Tile>(p, reinterpret_cast<T*>(stage), producer, n0, i, j0, block);
@@ -195,58 +219,85 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         if (++buffer == kStages) buffer = 0;
       }
     }
+    if constexpr (Tile::kPairX) ClusterSync();
     return;
   }
 
   SetMaxRegisters<232, true>();
   const int warpgroup = threadIdx.x / 128, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
   const int group = lane / 4, quad = lane % 4;
-  const int row = 64 * warpgroup + 16 * warp + group;  // the thread's rows: row and row + 8
+  // The thread's rows: row and row + 8.
+  const int row = 64 * warpgroup + 16 * warp + group;
   const int flip = JT == 8 ? group % 2 : 0;
   const uint32_t flip_lo = flip ? 0x1054 : 0x5410, flip_hi = flip ? 0x3276 : 0x7632;
   const int64_t b = p.pattern.b, d = p.pattern.d, out = p.pattern.out_features();
   const T* const bias = static_cast<const T*>(p.bias);
   T* const y = static_cast<T*>(p.y);
-  constexpr uint32_t kWKBlockBytes = BN * 16;  // one 8-s block of one j's w: BN rows of 16 bytes
 
   float acc[JT][BN / 2];
   uint32_t full_phases = 0;  // bit s: the parity of stage s's next completion
   int buffer = 0;
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    for (int step = 0; step < steps; ++step) {
-      MbarrierWait(&stage_full[buffer], full_phases >> buffer & 1u);
-      full_phases ^= 1u << buffer;
-      const unsigned char* const stage = stages + buffer * Tile::kStageBytes;
-      const uint16_t* const x_stage = reinterpret_cast<const uint16_t*>(stage);
-      const uint64_t w_desc = SharedMatrixDescriptor(stage + Tile::kXBytes, kWKBlockBytes, 128);
-      uint32_t a[kK16][JT][4];
+  using Fragments = uint32_t[kK16][JT][4];
+  // Waits for the stage in `buffer` and gathers its A fragments.
+  const auto gather = [&](Fragments& a) {
+    MbarrierWait(&stage_full[buffer], full_phases >> buffer & 1u);
+    full_phases ^= 1u << buffer;
+    const uint16_t* const x_stage = reinterpret_cast<const uint16_t*>(stages + buffer * Tile::kStageBytes);
 #pragma unroll
-      for (int kk = 0; kk < kK16; ++kk) {
-        GatherFragments<Tile>(x_stage + 2 * kk * BM * Tile::kXPitch, row, quad, flip, flip_lo, flip_hi,
-                              a[kk]);
+    for (int kk = 0; kk < kK16; ++kk) {
+      GatherFragments<Tile>(x_stage + 2 * kk * BM * Tile::kXPitch, row, quad, flip, flip_lo, flip_hi, a[kk]);
+    }
+  };
+  // Issues the wgmma of the stage in `buffer` and moves on to the next stage; returns the stage.
+  const auto issue = [&](const Fragments& a, bool first_step) {
+    const uint64_t w_desc =
+        SharedMatrixDescriptorSwizzle<Tile::kWRowBytes>(stages + buffer * Tile::kStageBytes + Tile::kXBytes);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kK16; ++kk) {
+#pragma unroll
+      for (int jj = 0; jj < JT; ++jj) {
+        // Descriptor addresses count 16 bytes: j's BN rows follow each other; the second k16 of a
+        // 64-byte row starts 32 bytes on.
+        constexpr uint64_t kJStep = BN * Tile::kWRowBytes / 16;
+        WgmmaM64K16Rs<T, BN>(acc[jj], a[kk][jj], w_desc + jj * kJStep + 2 * kk,
+                             /*accumulate=*/!first_step || kk > 0);
       }
-      WgmmaFence();
-#pragma unroll
-      for (int kk = 0; kk < kK16; ++kk) {
-#pragma unroll
-        for (int jj = 0; jj < JT; ++jj) {
-          // Descriptor addresses count 16 bytes: j's blocks follow each other, two per k16.
-          constexpr uint64_t kBlockStep = kWKBlockBytes / 16;
-          WgmmaM64K16Rs<T, BN>(acc[jj], a[kk][jj], w_desc + (jj * Tile::kKBlocks + 2 * kk) * kBlockStep,
-                               /*accumulate=*/step + kk > 0);
-        }
-      }
-      WgmmaCommit();
-      WgmmaWait<0>();  // the fragments' registers and the stage are free again
-      __syncwarp();
-      if (lane == 0) MbarrierArrive(&stage_empty[buffer]);
-      if (++buffer == kStages) buffer = 0;
+    }
+    WgmmaCommit();
+    const int issued = buffer;
+    if (++buffer == kStages) buffer = 0;
+    return issued;
+  };
+  // The stage's wgmma are done (they read its w and their fragments' registers): release it.
+  const auto release = [&](int stage) {
+    WgmmaWait<0>();
+    __syncwarp();
+    if (lane == 0) {
+      MbarrierArrive(&stage_empty[stage]);
+      if constexpr (Tile::kPairX) MbarrierArriveRemote(&stage_empty[stage], rank ^ 1);
+    }
+  };
+  // Two sets of fragment registers: the next step's are gathered while this step's wgmma run.
+  Fragments a0, a1;
+  for (int64_t tile = first_tile; tile < tiles; tile += tile_step) {
+    gather(a0);
+    for (int step = 0;;) {
+      int issued = issue(a0, step == 0);
+      if (step + 1 < steps) gather(a1);
+      release(issued);
+      if (++step == steps) break;
+      issued = issue(a1, false);
+      if (step + 1 < steps) gather(a0);
+      release(issued);
+      if (++step == steps) break;
     }
 
     // Accumulator element 4·nb + 2·upper + e of j is row row + 8·upper of the tile and output
     // r0 + 8·nb + 2·quad + e.
     const BlockCoords at = DecodeBlock(grid, tile);
-    const int64_t i = at.i, j0 = at.jg * JT, r0 = at.rt * BN, n0 = at.nt * BM;
+    const int64_t i = at.i, j0 = at.jg * JT, n0 = at.nt * BM;
+    const int64_t r0 = (at.rt * Tile::kClusterBlocks + rank) * BN;  // past b with an odd pair: nothing stored
     WithActivation(p.activation, [&](auto activation) {
       constexpr Activation kActivation = decltype(activation)::value;
 #pragma unroll
@@ -303,6 +354,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       }
     });
   }
+  if constexpr (Tile::kPairX) ClusterSync();  // the other block no longer reaches into this one
 }
 
 template <typename T, typename Tile>
@@ -325,26 +377,51 @@ cudaError_t Launch(const KsFactorParams& p, const void* packed_w, cudaStream_t s
     // (8 s × d values of an 8-s block, row, 8-s block, i)
     const int64_t dims[4] = {8 * k.d, p.batch, k.c / 8, k.a};
     const int64_t strides[3] = {k.in_features() * 2, 16 * k.d, k.c * k.d * 2};
-    const int box[4] = {8 * Tile::JT, Tile::BM, Tile::kKBlocks, 1};
+    const int box[4] = {8 * Tile::JT, Tile::BM, Tile::kKBlocks / Tile::kClusterBlocks, 1};
     if (cudaError_t err = MakeTensorMap16(&x_map, p.x, kBFloat16, 4, dims, strides, box);
         err != cudaSuccess) {
       return err;
     }
   }
   {
-    // Packed w: (s within its 8-s block, r, 8-s block, i·d + j)
-    const int64_t dims[4] = {8, k.b, k.c / 8, k.a * k.d};
-    const int64_t strides[3] = {k.c * 2, 16, k.b * k.c * 2};
-    const int box[4] = {8, Tile::BN, Tile::kKBlocks, Tile::JT};
-    if (cudaError_t err = MakeTensorMap16(&w_map, packed_w, kBFloat16, 4, dims, strides, box);
+    // Packed w: (s, r, i·d + j), rows of 16·kK16 s (whole 32-byte sectors), swizzled as wgmma reads them.
+    const int64_t dims[3] = {k.c, k.b, k.a * k.d};
+    const int64_t strides[2] = {k.c * 2, k.b * k.c * 2};
+    const int box[3] = {16 * Tile::kK16, Tile::BN, Tile::JT};
+    if (cudaError_t err =
+            MakeTensorMap16(&w_map, packed_w, kBFloat16, 3, dims, strides, box, Tile::kWRowBytes);
         err != cudaSuccess) {
       return err;
     }
   }
-  const BlockGrid grid = MakeBlockGrid(k, p.batch, Tile::JT, Tile::BM, Tile::BN, 2);
-  const int64_t blocks = std::min<int64_t>(grid.blocks(), sms);
-  kernel<<<static_cast<unsigned>(blocks), kBlockThreads, Tile::kSharedBytes, stream>>>(p, grid, x_map, w_map);
-  return cudaGetLastError();
+  const BlockGrid grid = MakeBlockGrid(k, p.batch, Tile::JT, Tile::BM, Tile::BN * Tile::kClusterBlocks, 2);
+  if constexpr (Tile::kPairX) {
+    // Clusters of two blocks, as many as can be resident at once.
+    cudaLaunchAttribute cluster{};
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = 2;
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(2 * static_cast<unsigned>(std::max(1, sms / 2)));
+    config.blockDim = dim3(kBlockThreads);
+    config.dynamicSmemBytes = Tile::kSharedBytes;
+    config.stream = stream;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    int clusters = 0;
+    if (cudaError_t err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config); err != cudaSuccess) {
+      return err;
+    }
+    if (clusters < 1) return cudaErrorInvalidConfiguration;
+    config.gridDim = dim3(2 * static_cast<unsigned>(std::min<int64_t>(grid.blocks(), clusters)));
+    return cudaLaunchKernelEx(&config, kernel, p, grid, x_map, w_map);
+  } else {
+    const int64_t blocks = std::min<int64_t>(grid.blocks(), sms);
+    kernel<<<static_cast<unsigned>(blocks), kBlockThreads, Tile::kSharedBytes, stream>>>(p, grid, x_map,
+                                                                                         w_map);
+    return cudaGetLastError();
+  }
 }
 
 }  // namespace
@@ -361,17 +438,22 @@ bool KsFactorWgmmaRuns(const KsFactorParams& p, const void* packed_w) {
          (p.bias == nullptr || Aligned(p.bias, 16));
 }
 
-cudaError_t LaunchKsFactorWgmma(const KsFactorParams& params, const void* packed_w, cudaStream_t stream) {
+cudaError_t LaunchKsFactorWgmma(const KsFactorParams& params, const void* packed_w, cudaStream_t stream,
+                                WgTmaVariant variant) {
   if (!KsFactorWgmmaRuns(params, packed_w)) return cudaErrorInvalidValue;
+  const bool pair_x = variant == WgTmaVariant::kPairX;
   return With16BitStorageType(params.dtype, [&](auto zero) {
     using T = decltype(zero);
     switch (params.pattern.d) {
       case 2:
-        return Launch<T, WgFactorTile<2, XLoad::kTmaWhole>>(params, packed_w, stream);
+        return pair_x ? Launch<T, WgFactorTile<2, XLoad::kTmaWhole, true>>(params, packed_w, stream)
+                      : Launch<T, WgFactorTile<2, XLoad::kTmaWhole>>(params, packed_w, stream);
       case 4:
-        return Launch<T, WgFactorTile<4, XLoad::kTmaWhole>>(params, packed_w, stream);
+        return pair_x ? Launch<T, WgFactorTile<4, XLoad::kTmaWhole, true>>(params, packed_w, stream)
+                      : Launch<T, WgFactorTile<4, XLoad::kTmaWhole>>(params, packed_w, stream);
       case 8:
-        return Launch<T, WgFactorTile<8, XLoad::kTmaWhole>>(params, packed_w, stream);
+        return pair_x ? Launch<T, WgFactorTile<8, XLoad::kTmaWhole, true>>(params, packed_w, stream)
+                      : Launch<T, WgFactorTile<8, XLoad::kTmaWhole>>(params, packed_w, stream);
       default:
         return Launch<T, WgFactorTile<8, XLoad::kCopy>>(params, packed_w, stream);
     }

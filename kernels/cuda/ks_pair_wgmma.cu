@@ -39,6 +39,9 @@ constexpr int kPrefetchSteps = 8;          // how far x is asked into L2 ahead o
 constexpr int64_t kSharedBudget = 232448;  // opt-in shared memory per block on sm_90
 constexpr int kMaxSecondD = kSlots;        // every j2 of a row in one step
 constexpr int kAlign = 1024;               // of a swizzled TMA box in shared memory
+// Zero entries past the end of the bias and feature tables: an epilogue reads a whole chunk's
+// entries, also those of rows r past b, without a test per value.
+constexpr int kTablePad = kSlots * kSlotRows;
 
 struct WgPairGeometry {
   int mid_pitch = 0;       // c2 rounded up to kBK: K of one (i2, j2) intermediate tile
@@ -65,7 +68,8 @@ WgPairGeometry Geometry(const KsPattern& first, const KsPattern& second, int64_t
       std::max(BM + g.subs1 * kSlotRows, g.subs2 * static_cast<int>(second.d) * kSlotRows) * kBK;
   g.row_tiles = (batch + BM - 1) / BM;
   const int64_t fixed_bytes = kAlign + 2 * second.a * second.d * BM * g.mid_pitch +
-                              4 * (second.out_features() + 1) + 4 * (second.in_features() + 1) +
+                              4 * (second.out_features() + 1 + kTablePad) +
+                              4 * (second.in_features() + 1 + kTablePad) +
                               16 * kMaxStages;  // full and empty barriers
   g.stages = static_cast<int>(
       std::clamp<int64_t>((kSharedBudget - fixed_bytes) / (2 * int64_t{g.stage_elements}), 2, kMaxStages));
@@ -113,8 +117,9 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
   float* const bias_values = reinterpret_cast<float*>(mid + a2 * d2 * mid_tile);
   // Where intermediate feature f (row 0) lies in `mid`: the phase-1 epilogue looks it up rather
   // than dividing by c2 and d2 for every value.
-  int* const feature_offset = reinterpret_cast<int*>(bias_values + out2 + out2 % 2);
-  uint64_t* const stage_full = reinterpret_cast<uint64_t*>(feature_offset + a1 * b1 + (a1 * b1) % 2);
+  int* const feature_offset = reinterpret_cast<int*>(bias_values + out2 + out2 % 2 + kTablePad);
+  uint64_t* const stage_full =
+      reinterpret_cast<uint64_t*>(feature_offset + a1 * b1 + (a1 * b1) % 2 + kTablePad);
   uint64_t* const stage_empty = stage_full + kMaxStages;  // every consumer warp is done with it
   if (threadIdx.x == 0) {
     for (int st = 0; st < g.stages; ++st) {
@@ -129,11 +134,11 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
     *reinterpret_cast<uint4*>(mid + e) = make_uint4(0, 0, 0, 0);
   }
   const T* const bias = static_cast<const T*>(p.bias);
-  for (int f = threadIdx.x; f < out2; f += kBlockThreads)
-    bias_values[f] = bias != nullptr ? ToFloat(bias[f]) : 0.0f;
-  for (int f = threadIdx.x; f < a1 * b1; f += kBlockThreads) {
+  for (int f = threadIdx.x; f < out2 + kTablePad; f += kBlockThreads)
+    bias_values[f] = bias != nullptr && f < out2 ? ToFloat(bias[f]) : 0.0f;
+  for (int f = threadIdx.x; f < a1 * b1 + kTablePad; f += kBlockThreads) {
     const int i2 = f / (c2 * d2), rest = f - i2 * c2 * d2, s2 = rest / d2, j = rest - s2 * d2;
-    feature_offset[f] = (i2 * d2 + j) * mid_tile + (s2 / 8) * 64 + s2 % 8;
+    feature_offset[f] = f < a1 * b1 ? (i2 * d2 + j) * mid_tile + (s2 / 8) * 64 + s2 % 8 : 0;
   }
 
   // Where the pipeline is: row tile, phase, i (i1 or i2), first weight row r0 and K offset.
@@ -246,6 +251,29 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
     const T* const stage = stages + buffer * g.stage_elements;
     const int subs = active_subs(at);
     const bool first_phase = at.phase == 1;
+    if (!first_phase && at.k0 == 0) {
+      // A phase-2 chunk starts from its bias (rows r past b2 read the table's zero padding), so
+      // that its epilogue reads nothing but registers. No wgmma is in flight here (the last chunk's
+      // epilogue waited for them all); the wait says so to the compiler, which would serialize the
+      // chunk's wgmma otherwise.
+      WgmmaWait<0>();
+#pragma unroll
+      for (int q = 0; q < kSlots; ++q) {
+        if (q >= subs * d2) break;
+        const int sub = q / d2, j = q - sub * d2;
+        const float* const slot_bias =
+            bias_values + (at.i * b2 + at.r0 + sub * kSlotRows + quad * 2) * d2 + j;
+#pragma unroll
+        for (int nb = 0; nb < 8; ++nb) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float value = slot_bias[(nb * 8 + e) * d2];
+            acc[q * 32 + nb * 4 + e] = value;
+            acc[q * 32 + nb * 4 + 2 + e] = value;
+          }
+        }
+      }
+    }
     const uint64_t a_base =
         first_phase ? SharedMatrixDescriptorSwizzle128(stage + 64 * warpgroup * kBK)
                     : SharedMatrixDescriptor(
@@ -270,7 +298,7 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) {
           WgmmaM64K16<T, 64>(d, a_desc + kk * kAStep, b_base + q * kSlotStep + kk * 2,
-                             /*accumulate=*/at.k0 + kk > 0);
+                             /*accumulate=*/!kFirstPhase || at.k0 + kk > 0);
         }
       }
     };
@@ -318,23 +346,26 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
     // 16·warp + group + 8·upper of the warpgroup's 64 and column 8·nb + 2·quad + e of the slot.
     const int m_base = 64 * warpgroup + 16 * warp + group;
     if (done.phase == 1) {
-      // Into the intermediate, rounded to the storage type as a separate factor call would.
+      // Into the intermediate, rounded to the storage type as a separate factor call would. A
+      // slot's 16 column offsets are read before its stores: shared stores may alias the table, so
+      // interleaved they would wait for each other.
+      const int row_offset = (m_base / 8) * (mid_pitch / 8) * 64 + (m_base % 8) * 8;  // +8 rows: next group
+      const int upper_step = (mid_pitch / 8) * 64;
 #pragma unroll
       for (int q = 0; q < kSlots; ++q) {
         if (q >= subs) break;
+        const int* const offsets = feature_offset + done.i * b1 + done.r0 + q * kSlotRows + quad * 2;
+        int column[16];
 #pragma unroll
-        for (int nb = 0; nb < 8; ++nb) {
+        for (int k = 0; k < 16; ++k) column[k] = offsets[(k / 2) * 8 + k % 2];
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int r = done.r0 + q * kSlotRows + nb * 8 + quad * 2 + e;
-            if (r >= b1) continue;
-            T* const column = mid + feature_offset[done.i * b1 + r];
+        for (int k = 0; k < 16; ++k) {
+          const int nb = k / 2, e = k % 2;
+          if (done.r0 + q * kSlotRows + nb * 8 + quad * 2 + e >= b1) continue;
 #pragma unroll
-            for (int upper = 0; upper < 2; ++upper) {
-              const int m = m_base + 8 * upper;
-              column[(m / 8) * (mid_pitch / 8) * 64 + (m % 8) * 8] =
-                  FromFloat<T>(acc[q * 32 + nb * 4 + upper * 2 + e]);
-            }
+          for (int upper = 0; upper < 2; ++upper) {
+            mid[column[k] + row_offset + upper * upper_step] =
+                FromFloat<T>(acc[q * 32 + nb * 4 + upper * 2 + e]);
           }
         }
       }
@@ -348,50 +379,53 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
       const bool row_ok[2] = {n < p.batch, n + 8 < p.batch};
       T* const out_row[2] = {y + n * out2, y + (n + 8) * out2};
       WithActivation(p.activation, [&](auto activation) {
-        WithSecondD(d2, [&](auto d2_constant) {
-          constexpr int D2 = decltype(d2_constant)::value;
+        constexpr Activation kActivation = decltype(activation)::value;
+        if constexpr (kActivation != Activation::kNone) {
+          // In place first, with no memory access in between: the values are independent, and
+          // the compiler interleaves them.
 #pragma unroll
-          for (int sub = 0; sub < kSlots / D2; ++sub) {
-            if (sub >= subs) break;
-            // Whether every row of the slice is inside b2 (no per-row test then).
-            const bool whole = done.r0 + (sub + 1) * kSlotRows <= b2;
+          for (int q = 0; q < kSlots; ++q) {
+            if (q >= subs * d2) break;
 #pragma unroll
-            for (int nb = 0; nb < 8; ++nb) {
-              const int r = done.r0 + sub * kSlotRows + nb * 8 + quad * 2;  // and r + 1
-              const bool r_ok[2] = {whole || r < b2, whole || r + 1 < b2};
-              const int first_output = (done.i * b2 + r) * D2;  // the 2·D2 outputs from here
-              float bias_pair[2 * D2];
+            for (int k = 0; k < 32; ++k) acc[q * 32 + k] = ApplyActivation<kActivation>(acc[q * 32 + k]);
+          }
+        }
+      });
+      WithSecondD(d2, [&](auto d2_constant) {
+        constexpr int D2 = decltype(d2_constant)::value;
+#pragma unroll
+        for (int sub = 0; sub < kSlots / D2; ++sub) {
+          if (sub >= subs) break;
+          // Whether every row of the slice is inside b2 (no per-row test then).
+          const bool whole = done.r0 + (sub + 1) * kSlotRows <= b2;
+#pragma unroll
+          for (int nb = 0; nb < 8; ++nb) {
+            const int r = done.r0 + sub * kSlotRows + nb * 8 + quad * 2;  // and r + 1
+            const bool r_ok[2] = {whole || r < b2, whole || r + 1 < b2};
+            if (!r_ok[0]) continue;
+            const int first_output = (done.i * b2 + r) * D2;  // the 2·D2 outputs from here
+#pragma unroll
+            for (int upper = 0; upper < 2; ++upper) {
+              if (!row_ok[upper]) continue;
+              float v[2 * D2];
 #pragma unroll
               for (int o = 0; o < 2 * D2; ++o)
-                bias_pair[o] = r_ok[o / D2] ? bias_values[first_output + o] : 0.0f;
+                v[o] = acc[(sub * D2 + o % D2) * 32 + nb * 4 + upper * 2 + o / D2];
+              T* const out = out_row[upper] + first_output;
+              if (g.vector_stores) {
+                uint32_t words[D2];
 #pragma unroll
-              for (int upper = 0; upper < 2; ++upper) {
-                float v[2 * D2];
+                for (int w = 0; w < D2; ++w) words[w] = PackPair<T>(v[2 * w], v[2 * w + 1]);
+                StoreWords<D2>(out, words);
+              } else {
 #pragma unroll
-                for (int e = 0; e < 2; ++e) {
-#pragma unroll
-                  for (int j = 0; j < D2; ++j) {
-                    v[e * D2 + j] = ApplyActivation<decltype(activation)::value>(
-                        acc[(sub * D2 + j) * 32 + nb * 4 + upper * 2 + e] + bias_pair[e * D2 + j]);
-                  }
-                }
-                if (!row_ok[upper] || !r_ok[0]) continue;
-                T* const out = out_row[upper] + first_output;
-                if (g.vector_stores) {
-                  uint32_t words[D2];
-#pragma unroll
-                  for (int w = 0; w < D2; ++w) words[w] = PackPair<T>(v[2 * w], v[2 * w + 1]);
-                  StoreWords<D2>(out, words);
-                } else {
-#pragma unroll
-                  for (int o = 0; o < 2 * D2; ++o) {
-                    if (o < D2 || r_ok[1]) out[o] = FromFloat<T>(v[o]);
-                  }
+                for (int o = 0; o < 2 * D2; ++o) {
+                  if (o < D2 || r_ok[1]) out[o] = FromFloat<T>(v[o]);
                 }
               }
             }
           }
-        });
+        }
       });
     }
   }

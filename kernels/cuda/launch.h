@@ -28,7 +28,11 @@ cudaError_t LaunchKsFactorTc(const KsFactorParams& params, FusedTile tile, const
 // The persistent TMA + warpgroup-MMA tile (kWgTma, ks_factor_wgmma.cu): whether it runs these
 // params on this device (else LaunchKsFactorTc runs kTcM64N64K16), and its launch.
 bool KsFactorWgmmaRuns(const KsFactorParams& params, const void* packed_w);
-cudaError_t LaunchKsFactorWgmma(const KsFactorParams& params, const void* packed_w, cudaStream_t stream);
+// kPairX (kWgTmaPairX): where d is 2, 4 or 8, clusters of two blocks on adjacent r tiles sharing x
+// by TMA multicast; elsewhere it runs as kPlain (kWgTma).
+enum class WgTmaVariant { kPlain, kPairX };
+cudaError_t LaunchKsFactorWgmma(const KsFactorParams& params, const void* packed_w, cudaStream_t stream,
+                                WgTmaVariant variant = WgTmaVariant::kPlain);
 
 // Two factors in one kernel (ks_pair_tc.cu): first.d = 1, both c multiples of 8, x, w1 and
 // w2_grouped 16-byte aligned; BF16 and FP16. w2_grouped is [(i·d + j)][r][s] (LaunchPackGrouped).

@@ -39,8 +39,24 @@ cudaError_t MakeTensorMap16(CUtensorMap* map, const void* base, bool bfloat16, i
 }
 
 cudaError_t MakeTensorMap16(CUtensorMap* map, const void* base, bool bfloat16, int rank, const int64_t* dims,
-                            const int64_t* strides, const int* box) {
+                            const int64_t* strides, const int* box, int swizzle_bytes) {
   if (rank < 1 || rank > 5) return cudaErrorInvalidValue;
+  CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_NONE;
+  switch (swizzle_bytes) {
+    case 0:
+      break;
+    case 32:
+      swizzle = CU_TENSOR_MAP_SWIZZLE_32B;
+      break;
+    case 64:
+      swizzle = CU_TENSOR_MAP_SWIZZLE_64B;
+      break;
+    case 128:
+      swizzle = CU_TENSOR_MAP_SWIZZLE_128B;
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
   cuuint64_t dims64[5], strides64[4];
   cuuint32_t box32[5];
   for (int k = 0; k < rank; ++k) {
@@ -49,7 +65,7 @@ cudaError_t MakeTensorMap16(CUtensorMap* map, const void* base, bool bfloat16, i
     box32[k] = static_cast<cuuint32_t>(box[k]);
     if (k > 0) strides64[k - 1] = static_cast<cuuint64_t>(strides[k - 1]);
   }
-  return Encode(map, base, bfloat16, rank, dims64, strides64, box32, CU_TENSOR_MAP_SWIZZLE_NONE);
+  return Encode(map, base, bfloat16, rank, dims64, strides64, box32, swizzle);
 }
 
 }  // namespace ksserve::kernels::cuda

@@ -19,9 +19,10 @@ cudaError_t MakeTensorMap16(CUtensorMap* map, const void* base, bool bfloat16, i
 
 // A tensor map over a rank-dimensional view of 16-bit values: dims[0] is contiguous, dims[k] lies
 // strides[k − 1] bytes apart (multiples of 16, in any order), read in boxes of box[] values that
-// land in shared memory densely, dimension 0 fastest, without swizzle; outside reads as zeros.
+// land in shared memory densely, dimension 0 fastest; outside reads as zeros. swizzle_bytes: 0 (none),
+// 32, 64 or 128, the box's rows (dimension 0) then being that many bytes or fewer.
 cudaError_t MakeTensorMap16(CUtensorMap* map, const void* base, bool bfloat16, int rank, const int64_t* dims,
-                            const int64_t* strides, const int* box);
+                            const int64_t* strides, const int* box, int swizzle_bytes = 0);
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define KSSERVE_TMA 1
@@ -71,6 +72,36 @@ __device__ __forceinline__ void CpAsyncMbarrierArrive(uint64_t* barrier) {
 #endif
 }
 
+// This block's rank in its thread-block cluster.
+__device__ __forceinline__ uint32_t ClusterCtaRank() {
+  uint32_t rank = 0;
+#if KSSERVE_TMA
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+#endif
+  return rank;
+}
+
+// Every thread of every block of the cluster arrives, then waits for all the others: shared memory
+// and barriers of the other blocks may be used after the first, and no block leaves while the others
+// still reach into its shared memory when it is the last thing before exit.
+__device__ __forceinline__ void ClusterSync() {
+#if KSSERVE_TMA
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+#endif
+}
+
+// Arrives once on the barrier at the same shared-memory offset in block `cta` of the cluster (with
+// the default release semantics: a cluster-scope release would fence all of device memory).
+__device__ __forceinline__ void MbarrierArriveRemote(uint64_t* barrier, uint32_t cta) {
+#if KSSERVE_TMA
+  asm volatile(
+      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(SharedAddress(barrier)),
+      "r"(cta)
+      : "memory");
+#endif
+}
+
 // Blocks until the barrier's phase with parity `parity` has completed. The retry loop lives inside
 // the asm (labels are local to its braces), so the compiler sees no divergent branch here: one
 // before wgmma would make it serialize them.
@@ -99,7 +130,19 @@ __device__ __forceinline__ void TmaLoad2d(void* to, const CUtensorMap* map, int 
 #endif
 }
 
-// The box of `map` at coords into shared memory at `to` (16-byte aligned), completing on `barrier`.
+// The box of `map` at coords into shared memory at `to` (16-byte aligned, or to its swizzle's
+// span), completing on `barrier`.
+__device__ __forceinline__ void TmaLoad3d(void* to, const CUtensorMap* map, int c0, int c1, int c2,
+                                          uint64_t* barrier) {
+#if KSSERVE_TMA
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
+      "%4}], [%5];\n" ::"r"(SharedAddress(to)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(SharedAddress(barrier))
+      : "memory");
+#endif
+}
+
 __device__ __forceinline__ void TmaLoad4d(void* to, const CUtensorMap* map, int c0, int c1, int c2, int c3,
                                           uint64_t* barrier) {
 #if KSSERVE_TMA
@@ -121,6 +164,20 @@ __device__ __forceinline__ void TmaLoad5d(void* to, const CUtensorMap* map, int 
       "%5, %6}], [%7];\n" ::"r"(SharedAddress(to)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4),
       "r"(SharedAddress(barrier))
+      : "memory");
+#endif
+}
+
+// TmaLoad4d into the same shared-memory offset of every block of the cluster in cta_mask, each
+// completing on its own barrier at `barrier`'s offset.
+__device__ __forceinline__ void TmaLoad4dMulticast(void* to, const CUtensorMap* map, int c0, int c1, int c2, int c3,
+                                                   uint64_t* barrier, uint16_t cta_mask) {
+#if KSSERVE_TMA
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], "
+      "[%1, {%2, %3, %4, %5}], [%6], %7;\n" ::"r"(SharedAddress(to)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(SharedAddress(barrier)),
+      "h"(cta_mask)
       : "memory");
 #endif
 }

@@ -45,6 +45,18 @@ __device__ __forceinline__ uint64_t SharedMatrixDescriptorSwizzle128(const void*
          uint64_t{1} << 62;
 }
 
+// The same with rows of kRowBytes = 32 or 64 bytes (16 or 32 values), as TMA writes them with that
+// swizzle: 8-row groups 8·kRowBytes apart, the tile aligned to 8·kRowBytes; the next k16 of the same
+// rows (64-byte rows) starts 32 bytes on.
+template <int kRowBytes>
+__device__ __forceinline__ uint64_t SharedMatrixDescriptorSwizzle(const void* tile) {
+  static_assert(kRowBytes == 32 || kRowBytes == 64);
+  constexpr uint64_t kLayout = kRowBytes == 32 ? 3 : 2;
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(tile));
+  return uint64_t{(address & 0x3ffff) >> 4} | uint64_t{1} << 16 | uint64_t{8 * kRowBytes >> 4} << 32 |
+         kLayout << 62;
+}
+
 // Orders this thread's generic-proxy shared-memory writes (st.shared, cp.async) before later
 // reads by the async proxy (wgmma); then a barrier makes them visible to the warpgroup.
 __device__ __forceinline__ void FenceProxyAsync() {

@@ -255,13 +255,15 @@ TEST(KsKernelChoiceTest, DefaultTileFollowsDAndBatch) {
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 6}, 196, DType::kFloat32), FusedTile::kJ4M64N64);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 8, DType::kBFloat16), FusedTile::kJ32M16N8);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 196, DType::kBFloat16), FusedTile::kTcM32N32);
-  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 4}, 25088, DType::kBFloat16), FusedTile::kWgTma);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 4}, 25088, DType::kBFloat16), FusedTile::kWgTmaPairX);
+  EXPECT_EQ(DefaultFusedTile({1, 192, 192, 4}, 25088, DType::kBFloat16), FusedTile::kWgTma);
+  EXPECT_EQ(DefaultFusedTile({1, 256, 256, 8}, 25088, DType::kBFloat16), FusedTile::kWgTma);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 16}, 25088, DType::kBFloat16), FusedTile::kTcM64N64K16);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 25088, DType::kBFloat16), FusedTile::kTcM64N32);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 24}, 25088, DType::kBFloat16), FusedTile::kTcM64N64);
-  EXPECT_EQ(DefaultFusedTile({1, 768, 192, 2}, 25088, DType::kBFloat16), FusedTile::kTcM64N128K16);
+  EXPECT_EQ(DefaultFusedTile({1, 768, 192, 2}, 25088, DType::kBFloat16), FusedTile::kWgTmaPairX);
   EXPECT_EQ(DefaultFusedTile({1, 768, 768, 64}, 25088, DType::kBFloat16), FusedTile::kTcM64N128K16);
-  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 2}, 25088, DType::kBFloat16), FusedTile::kTcM64N64);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 2}, 25088, DType::kBFloat16), FusedTile::kWgTma);
   EXPECT_EQ(DefaultFusedTile({1, 96, 96, 6}, 25088, DType::kBFloat16), FusedTile::kMmaJ4M64N64);
   EXPECT_EQ(DefaultFusedTile({1, 96, 96, 3}, 25088, DType::kBFloat16), FusedTile::kMmaJ1M128N128);
   EXPECT_EQ(DefaultFusedTile({1, 48, 96, 3}, 25088, DType::kBFloat16), FusedTile::kMmaJ1M128N64);
