@@ -382,8 +382,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
           const int m = warp_m * WM + mi * 16 + group + upper * 8;
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            y_tile[m * kYPitch + (rr + e) * JT + jj] = FromFloat<T>(
-                ApplyActivation<decltype(activation)::value>(acc[mi][ni][upper * 2 + e] + bias_value[ni][e]));
+            y_tile[m * kYPitch + (rr + e) * JT + jj] =
+                FromFloat<T>(ApplyActivationFor16Bit<decltype(activation)::value>(acc[mi][ni][upper * 2 + e] +
+                                                                                  bias_value[ni][e]));
           }
         }
       }

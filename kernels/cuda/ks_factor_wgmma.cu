@@ -320,7 +320,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 #pragma unroll
               for (int h = 0; h < 2; ++h) {
                 const int f = 2 * w + h, e = f / JT, jj = f % JT;
-                v[h] = ApplyActivation<kActivation>(acc[jj][4 * nb + 2 * upper + e] + bias_values[f]);
+                v[h] = ApplyActivationFor16Bit<kActivation>(acc[jj][4 * nb + 2 * upper + e] + bias_values[f]);
               }
               words[w] = PackPair<T>(v[0], v[1]);
             }
@@ -342,10 +342,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
               uint32_t words[4];
 #pragma unroll
               for (int w = 0; w < 4; ++w) {
-                words[w] = PackPair<T>(
-                    ApplyActivation<kActivation>(acc[2 * w][4 * nb + 2 * upper + e] + bias_values[2 * w]),
-                    ApplyActivation<kActivation>(acc[2 * w + 1][4 * nb + 2 * upper + e] +
-                                                 bias_values[2 * w + 1]));
+                words[w] = PackPair<T>(ApplyActivationFor16Bit<kActivation>(
+                                           acc[2 * w][4 * nb + 2 * upper + e] + bias_values[2 * w]),
+                                       ApplyActivationFor16Bit<kActivation>(
+                                           acc[2 * w + 1][4 * nb + 2 * upper + e] + bias_values[2 * w + 1]));
               }
               StoreWords<4>(y + n * out + feature, words);
             }

@@ -282,8 +282,8 @@ __global__ void __launch_bounds__(Shape::kThreads, Shape::kMinBlocks)
 #pragma unroll
               for (int upper = 0; upper < 2; ++upper) {
                 const int m = warp_m * Shape::WM + mi * 16 + group + upper * 8;
-                column[m * g.out_pitch] = FromFloat<T>(
-                    ApplyActivation<decltype(activation)::value>(acc[mi][ni][upper * 2 + e] + bias_value));
+                column[m * g.out_pitch] = FromFloat<T>(ApplyActivationFor16Bit<decltype(activation)::value>(
+                    acc[mi][ni][upper * 2 + e] + bias_value));
               }
             }
           }

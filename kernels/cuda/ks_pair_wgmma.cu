@@ -229,7 +229,10 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
   }
 
   SetMaxRegisters<kWarpGroups == 1 ? 240 : 232, true>();
-  const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+  // The warpgroup index through a shuffle: the compiler then knows it is the same in the whole warp
+  // and keeps the wgmma descriptors built from it in uniform registers.
+  const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
+  const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, quad = lane % 4;
   const uint32_t mid_row_group_bytes = static_cast<uint32_t>(mid_pitch / 8 * 128);
   T* const y = static_cast<T*>(p.y);
@@ -257,22 +260,25 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
       // epilogue waited for them all); the wait says so to the compiler, which would serialize the
       // chunk's wgmma otherwise.
       WgmmaWait<0>();
+      WithSecondD(d2, [&](auto d2_constant) {
+        constexpr int D2 = decltype(d2_constant)::value;
 #pragma unroll
-      for (int q = 0; q < kSlots; ++q) {
-        if (q >= subs * d2) break;
-        const int sub = q / d2, j = q - sub * d2;
-        const float* const slot_bias =
-            bias_values + (at.i * b2 + at.r0 + sub * kSlotRows + quad * 2) * d2 + j;
+        for (int sub = 0; sub < kSlots / D2; ++sub) {
+          if (sub >= subs) break;
 #pragma unroll
-        for (int nb = 0; nb < 8; ++nb) {
+          for (int nb = 0; nb < 8; ++nb) {
+            // The 2·D2 biases of outputs r and r + 1, every j: contiguous in the table.
+            const float* const from =
+                bias_values + (at.i * b2 + at.r0 + sub * kSlotRows + nb * 8 + quad * 2) * D2;
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float value = slot_bias[(nb * 8 + e) * d2];
-            acc[q * 32 + nb * 4 + e] = value;
-            acc[q * 32 + nb * 4 + 2 + e] = value;
+            for (int o = 0; o < 2 * D2; ++o) {
+              const int e = o / D2, j = o % D2;
+              acc[(sub * D2 + j) * 32 + nb * 4 + e] = from[o];
+              acc[(sub * D2 + j) * 32 + nb * 4 + 2 + e] = from[o];
+            }
           }
         }
-      }
+      });
     }
     const uint64_t a_base =
         first_phase ? SharedMatrixDescriptorSwizzle128(stage + 64 * warpgroup * kBK)
@@ -387,7 +393,8 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
           for (int q = 0; q < kSlots; ++q) {
             if (q >= subs * d2) break;
 #pragma unroll
-            for (int k = 0; k < 32; ++k) acc[q * 32 + k] = ApplyActivation<kActivation>(acc[q * 32 + k]);
+            for (int k = 0; k < 32; ++k)
+              acc[q * 32 + k] = ApplyActivationFor16Bit<kActivation>(acc[q * 32 + k]);
           }
         }
       });
@@ -402,11 +409,11 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
           for (int nb = 0; nb < 8; ++nb) {
             const int r = done.r0 + sub * kSlotRows + nb * 8 + quad * 2;  // and r + 1
             const bool r_ok[2] = {whole || r < b2, whole || r + 1 < b2};
-            if (!r_ok[0]) continue;
             const int first_output = (done.i * b2 + r) * D2;  // the 2·D2 outputs from here
 #pragma unroll
             for (int upper = 0; upper < 2; ++upper) {
-              if (!row_ok[upper]) continue;
+              // Packed whatever the bounds, so that only the stores are predicated: no branch.
+              const bool store = row_ok[upper] && r_ok[0];
               float v[2 * D2];
 #pragma unroll
               for (int o = 0; o < 2 * D2; ++o)
@@ -416,11 +423,11 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
                 uint32_t words[D2];
 #pragma unroll
                 for (int w = 0; w < D2; ++w) words[w] = PackPair<T>(v[2 * w], v[2 * w + 1]);
-                StoreWords<D2>(out, words);
+                if (store) StoreWords<D2>(out, words);
               } else {
 #pragma unroll
                 for (int o = 0; o < 2 * D2; ++o) {
-                  if (o < D2 || r_ok[1]) out[o] = FromFloat<T>(v[o]);
+                  if (store && (o < D2 || r_ok[1])) out[o] = FromFloat<T>(v[o]);
                 }
               }
             }
