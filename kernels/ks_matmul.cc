@@ -498,6 +498,8 @@ std::string PairTileName(PairTile tile) {
       return "wg-m64";
     case PairTile::kWgM128:
       return "wg-m128";
+    case PairTile::kWgPingPong:
+      return "wg-pingpong";
   }
   return "unknown";
 }

@@ -116,10 +116,11 @@ enum class PairTile : uint8_t {
   kM128N128,
   kWgM64,
   kWgM128,
+  kWgPingPong,  // wg-m128 whose two warpgroups take turns on the tensor cores, a chunk each
 };
 inline constexpr PairTile kAllPairTiles[] = {PairTile::kM64N64,     PairTile::kM64N64K64, PairTile::kM64N128,
                                              PairTile::kM64N128K64, PairTile::kM128N128,  PairTile::kWgM64,
-                                             PairTile::kWgM128};
+                                             PairTile::kWgM128,     PairTile::kWgPingPong};
 
 // What runs one factor call: the algorithm and, for kFused, its tile.
 struct KsKernelChoice {

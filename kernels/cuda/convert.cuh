@@ -88,4 +88,18 @@ __device__ __forceinline__ void StoreWords(void* to, const uint32_t (&words)[kWo
   }
 }
 
+// StoreWords with the vector stores spelled out in PTX, for epilogues where the compiler, having
+// seen through the packing of the words, would split them into 4-byte stores (the fused pair's).
+template <int kWords>
+__device__ __forceinline__ void StoreWordsAsVector(void* to, const uint32_t (&words)[kWords]) {
+  if constexpr (kWords == 4) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(to), "r"(words[0]), "r"(words[1]),
+                 "r"(words[2]), "r"(words[3]));
+  } else if constexpr (kWords == 2) {
+    asm volatile("st.global.v2.b32 [%0], {%1, %2};\n" ::"l"(to), "r"(words[0]), "r"(words[1]));
+  } else {
+    StoreWords<kWords>(to, words);
+  }
+}
+
 }  // namespace ksserve::kernels::cuda

@@ -362,6 +362,7 @@ auto WithPairShape(PairTile tile, Fn&& fn) {
     case PairTile::kM64N64:
     case PairTile::kWgM64:  // not here: ks_pair_wgmma.cu
     case PairTile::kWgM128:
+    case PairTile::kWgPingPong:
       break;
   }
   return fn(PairM64N64{});

@@ -13,7 +13,9 @@
 // step's boxes; they land 128-byte swizzled, the layout wgmma reads), as many stages as fit, each
 // completing on its own mbarrier; the pipeline runs on across phases and row tiles, and x is
 // asked into L2 a few steps ahead of its boxes. A step's wgmma keep running while the next
-// step's boxes are asked for; the block waits for them only before an epilogue. Boxes that reach past a
+// step's boxes are asked for; the block waits for them only before an epilogue. With two
+// warpgroups they may take turns instead, a chunk each (PairTile::kWgPingPong), so that one's
+// epilogue overlaps the other's wgmma. Boxes that reach past a
 // matrix read zeros there; where they reach into a neighbouring i or j instead, the other operand is zero
 // there or the outputs are not stored. (So where c1 is not a multiple of 64, a non-finite x value can reach
 // the outputs of the neighbouring i1 through 0 · inf; the model patterns have c1 % 64 == 0.)
@@ -52,6 +54,10 @@ struct WgPairGeometry {
   int64_t row_tiles = 0;
   int64_t shared_bytes = 0;    // dynamic shared memory of a block
   bool vector_stores = false;  // y 16-byte aligned and b2 even: a thread's 2·d2 outputs as one store
+  // Two warpgroups that take turns on the tensor cores, a chunk each (one's epilogue runs during the
+  // other's wgmma); only where a chunk's K-steps leave a stage free (the one waiting for its turn
+  // holds the stages of the chunk before).
+  bool alternate = false;
 };
 
 // Shared memory of a block, in this order: the stages (1024-byte aligned), the intermediate, the
@@ -141,88 +147,94 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
     feature_offset[f] = f < a1 * b1 ? (i2 * d2 + j) * mid_tile + (s2 / 8) * 64 + s2 % 8 : 0;
   }
 
-  // Where the pipeline is: row tile, phase, i (i1 or i2), first weight row r0 and K offset.
-  struct Position {
-    int64_t tile;
-    int phase, i, r0, k0;
-  };
   const int chunk1 = g.subs1 * kSlotRows, chunk2 = g.subs2 * kSlotRows;
-  const auto advance = [&](Position& at) {
-    at.k0 += kBK;
-    if (at.k0 < (at.phase == 1 ? c1 : c2)) return;
-    at.k0 = 0;
-    at.r0 += at.phase == 1 ? chunk1 : chunk2;
-    if (at.r0 < (at.phase == 1 ? b1 : b2)) return;
-    at.r0 = 0;
-    if (++at.i < (at.phase == 1 ? a1 : a2)) return;
-    at.i = 0;
-    if (at.phase == 1) {
-      at.phase = 2;
-    } else {
-      at.phase = 1;
-      at.tile += gridDim.x;
-    }
-  };
   // The 64-row slices of a chunk whose weight rows start inside b: a prefix of the chunk.
-  const auto active_subs = [&](const Position& at) {
-    return at.phase == 1 ? min(g.subs1, (b1 - at.r0 + kSlotRows - 1) / kSlotRows)
-                         : min(g.subs2, (b2 - at.r0 + kSlotRows - 1) / kSlotRows);
-  };
-
-  // The producer issues the boxes of a step; their bytes complete the stage's barrier. A stage holds
-  // the x box and the K_1 slices (phase 1), or the K_2 slices in slot order (phase 2).
-  const auto load = [&](const Position& at, int buffer) {
-    if (at.tile >= g.row_tiles) return;
-    T* const stage = stages + buffer * g.stage_elements;
-    uint64_t* const full = &stage_full[buffer];
-    const int subs = active_subs(at);
-    if (at.phase == 1) {
-      MbarrierArriveExpectTx(full, subs * kSlotBoxBytes + kXBoxBytes);
-      TmaLoad2d(stage, &x_map, at.i * c1 + at.k0, static_cast<int>(at.tile * BM), full);
-      for (int q = 0; q < subs; ++q) {
-        TmaLoad2d(stage + BM * kBK + q * kSlotElements, &w1_map, at.k0, at.i * b1 + at.r0 + q * kSlotRows,
-                  full);
-      }
-    } else {
-      MbarrierArriveExpectTx(full, subs * d2 * kSlotBoxBytes);
-      for (int sub = 0; sub < subs; ++sub) {
-        for (int j = 0; j < d2; ++j) {
-          TmaLoad2d(stage + (sub * d2 + j) * kSlotElements, &w2_map, at.k0,
-                    (at.i * d2 + j) * b2 + at.r0 + sub * kSlotRows, full);
-        }
-      }
-    }
-  };
-
-  // x boxes into L2 kPrefetchSteps ahead of their loads (DRAM latency is longer than the
-  // pipeline covers); the weights stay in L2 anyway.
-  Position prefetch_at{blockIdx.x, 1, 0, 0, 0};
-  const auto prefetch = [&] {
-    if (prefetch_at.tile < g.row_tiles && prefetch_at.phase == 1 && prefetch_at.r0 == 0) {
-      TmaPrefetch2d(&x_map, prefetch_at.i * c1 + prefetch_at.k0, static_cast<int>(prefetch_at.tile * BM));
-    }
-    advance(prefetch_at);
+  const auto active_subs = [](int subs, int b, int r0) {
+    return min(subs, (b - r0 + kSlotRows - 1) / kSlotRows);
   };
   FenceProxyAsync();  // the zeros of the intermediate, before wgmma reads them
   __syncthreads();    // the barriers, the bias and the table are ready
+
+  // Producer and consumers walk the same schedule: per row tile, phase 1 then phase 2; per phase,
+  // i, then chunks of weight rows r0, then K-steps k0, one pipeline stage each.
   if (threadIdx.x >= kThreads) {
     SetMaxRegisters<40, false>();
     // The producer: one thread fills each stage as soon as every consumer warp has released it,
     // so no consumer waits on box issue. Nothing below waits for this warp.
     if (threadIdx.x == kThreads) {
-      for (int st = 0; st < kPrefetchSteps; ++st) prefetch();
-      Position copy_at{blockIdx.x, 1, 0, 0, 0};
-      uint32_t empty_phases = 0;  // bit s: the parity of stage s's next release
+      // x boxes into L2 kPrefetchSteps steps ahead of their loads: DRAM latency is longer than the
+      // pipeline covers, and boxes asked for much earlier would leave L2 again before their loads.
+      // The weights stay in L2 anyway.
+      struct {
+        int64_t tile;
+        int phase, i, r0, k0;
+      } ahead = {blockIdx.x, 1, 0, 0, 0};
+      const auto prefetch = [&] {
+        if (ahead.tile >= g.row_tiles) return;
+        const bool first_phase = ahead.phase == 1;
+        if (first_phase && ahead.r0 == 0) {
+          TmaPrefetch2d(&x_map, ahead.i * c1 + ahead.k0, static_cast<int>(ahead.tile * BM));
+        }
+        if ((ahead.k0 += kBK) < (first_phase ? c1 : c2)) return;
+        ahead.k0 = 0;
+        if ((ahead.r0 += first_phase ? chunk1 : chunk2) < (first_phase ? b1 : b2)) return;
+        ahead.r0 = 0;
+        if (++ahead.i < (first_phase ? a1 : a2)) return;
+        ahead.i = 0;
+        ahead.phase = first_phase ? 2 : 1;
+        if (!first_phase) ahead.tile += gridDim.x;
+      };
+      for (int n = 0; n < kPrefetchSteps; ++n) prefetch();
       int buffer = 0;
-      for (int64_t step = 0; copy_at.tile < g.row_tiles; ++step) {
-        if (step >= g.stages) {
+      bool wrapped = false;       // every stage filled once: wait for its release from now on
+      uint32_t empty_phases = 0;  // bit s: the parity of stage s's next release
+      // The stage to fill next, once free, and its barrier armed for `bytes`.
+      const auto acquire = [&](uint32_t bytes) {
+        if (wrapped) {
           MbarrierWait(&stage_empty[buffer], empty_phases >> buffer & 1u);
           empty_phases ^= 1u << buffer;
         }
-        load(copy_at, buffer);
-        advance(copy_at);
+        MbarrierArriveExpectTx(&stage_full[buffer], bytes);
+        return stages + buffer * g.stage_elements;
+      };
+      const auto next = [&] {
+        if (++buffer == g.stages) {
+          buffer = 0;
+          wrapped = true;
+        }
         prefetch();
-        if (++buffer == g.stages) buffer = 0;
+      };
+      for (int64_t tile = blockIdx.x; tile < g.row_tiles; tile += gridDim.x) {
+        const int row = static_cast<int>(tile * BM);
+        for (int i = 0; i < a1; ++i) {
+          for (int r0 = 0; r0 < b1; r0 += chunk1) {
+            const int subs = active_subs(g.subs1, b1, r0);
+            for (int k0 = 0; k0 < c1; k0 += kBK) {
+              T* const stage = acquire(subs * kSlotBoxBytes + kXBoxBytes);
+              TmaLoad2d(stage, &x_map, i * c1 + k0, row, &stage_full[buffer]);
+              for (int q = 0; q < subs; ++q) {
+                TmaLoad2d(stage + BM * kBK + q * kSlotElements, &w1_map, k0, i * b1 + r0 + q * kSlotRows,
+                          &stage_full[buffer]);
+              }
+              next();
+            }
+          }
+        }
+        for (int i = 0; i < a2; ++i) {
+          for (int r0 = 0; r0 < b2; r0 += chunk2) {
+            const int subs = active_subs(g.subs2, b2, r0);
+            for (int k0 = 0; k0 < c2; k0 += kBK) {
+              T* const stage = acquire(subs * d2 * kSlotBoxBytes);
+              for (int sub = 0; sub < subs; ++sub) {
+                for (int j = 0; j < d2; ++j) {
+                  TmaLoad2d(stage + (sub * d2 + j) * kSlotElements, &w2_map, k0,
+                            (i * d2 + j) * b2 + r0 + sub * kSlotRows, &stage_full[buffer]);
+                }
+              }
+              next();
+            }
+          }
+        }
       }
     }
     return;
@@ -234,107 +246,69 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
   const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, quad = lane % 4;
-  const uint32_t mid_row_group_bytes = static_cast<uint32_t>(mid_pitch / 8 * 128);
   T* const y = static_cast<T*>(p.y);
   // Slot q (64 outputs) in acc[32·q ...]: phase 1, K_1 rows r0 + 64q; phase 2, rows r0 + 64·sub of
   // j2 in slot sub·d2 + j2. The first wgmma of a chunk overwrites, the rest accumulate.
   float acc[kSlots * 32];
 
-  Position at{blockIdx.x, 1, 0, 0, 0};
+  // Descriptors of stage 0 (stage s is s · stage_units further on) and of the warpgroup's rows of
+  // the intermediate; address fields count 16 bytes.
+  const uint32_t stage_units = static_cast<uint32_t>(g.stage_elements * 2 / 16);
+  const uint64_t x_descriptor = SharedMatrixDescriptorSwizzle128(stages + 64 * warpgroup * kBK);
+  const uint64_t w1_descriptor = SharedMatrixDescriptorSwizzle128(stages + BM * kBK);
+  const uint64_t w2_descriptor = SharedMatrixDescriptorSwizzle128(stages);
+  const uint64_t mid_descriptor = SharedMatrixDescriptor(mid + 8 * warpgroup * (mid_pitch / 8) * 64,
+                                                         static_cast<uint32_t>(mid_pitch / 8 * 128));
+  const uint32_t mid_tile_units = static_cast<uint32_t>(mid_tile * 2 / 16);  // one (i2, j2) tile on
+
   int buffer = 0, previous = -1;  // the stage of this step and of the one before
   uint32_t phases = 0;            // bit s: the parity of stage s's next completion
-  while (at.tile < g.row_tiles) {
+  // One K-step: once its stage is full, the wgmma of its `slots` active slots (a prefix), each a
+  // base plus a constant; then the previous step's stage goes back to the producer.
+  const auto mma_step = [&](auto first_phase_constant, int slots, uint64_t a_base, uint64_t b_base,
+                            bool overwrite) {
+    constexpr bool kFirstPhase = decltype(first_phase_constant)::value;
     MbarrierWait(&stage_full[buffer], phases >> buffer & 1u);
     phases ^= 1u << buffer;
-
-    // The active slots are a prefix; each (phase, count) has its own straight run of wgmma, so
-    // that no branch lies between them (the compiler would fence the warpgroup before every one),
-    // and every descriptor is a base plus a constant. One m64n64k16 per slot and k16: wider ones
-    // over adjacent slots make ptxas serialize the wgmma of some mixes of counts.
-    const T* const stage = stages + buffer * g.stage_elements;
-    const int subs = active_subs(at);
-    const bool first_phase = at.phase == 1;
-    if (!first_phase && at.k0 == 0) {
-      // A phase-2 chunk starts from its bias (rows r past b2 read the table's zero padding), so
-      // that its epilogue reads nothing but registers. No wgmma is in flight here (the last chunk's
-      // epilogue waited for them all); the wait says so to the compiler, which would serialize the
-      // chunk's wgmma otherwise.
-      WgmmaWait<0>();
-      WithSecondD(d2, [&](auto d2_constant) {
-        constexpr int D2 = decltype(d2_constant)::value;
-#pragma unroll
-        for (int sub = 0; sub < kSlots / D2; ++sub) {
-          if (sub >= subs) break;
-#pragma unroll
-          for (int nb = 0; nb < 8; ++nb) {
-            // The 2·D2 biases of outputs r and r + 1, every j: contiguous in the table.
-            const float* const from =
-                bias_values + (at.i * b2 + at.r0 + sub * kSlotRows + nb * 8 + quad * 2) * D2;
-#pragma unroll
-            for (int o = 0; o < 2 * D2; ++o) {
-              const int e = o / D2, j = o % D2;
-              acc[(sub * D2 + j) * 32 + nb * 4 + e] = from[o];
-              acc[(sub * D2 + j) * 32 + nb * 4 + 2 + e] = from[o];
-            }
-          }
-        }
-      });
-    }
-    const uint64_t a_base =
-        first_phase ? SharedMatrixDescriptorSwizzle128(stage + 64 * warpgroup * kBK)
-                    : SharedMatrixDescriptor(
-                          mid + (8 * warpgroup * (mid_pitch / 8) + at.k0 / 8) * 64 + at.i * d2 * mid_tile,
-                          mid_row_group_bytes);
-    const uint64_t b_base = SharedMatrixDescriptorSwizzle128(stage + (first_phase ? BM * kBK : 0));
-    const uint64_t mid_tile_step = static_cast<uint64_t>(mid_tile * 2 / 16);  // one (i2, j2) tile on
-    const auto issue = [&](auto first_phase_constant, auto slots_constant) {
-      constexpr bool kFirstPhase = decltype(first_phase_constant)::value;
+    b_base = DescriptorPlus(b_base, buffer * stage_units);
+    if constexpr (kFirstPhase) a_base = DescriptorPlus(a_base, buffer * stage_units);
+    // Each count of active slots has its own straight run of wgmma, so that no branch lies between
+    // them (the compiler would fence the warpgroup before every one). One m64n64k16 per slot and
+    // k16: wider ones over adjacent slots make ptxas serialize the wgmma of some mixes of counts.
+    const auto issue = [&](auto slots_constant) {
       constexpr int kActive = decltype(slots_constant)::value;
-      // Descriptor address fields count 16 bytes: the next k16 is 32 bytes on in a swizzled box,
-      // 256 bytes on in the intermediate; K past c reads zeros from one side or the other.
-      constexpr uint64_t kAStep = kFirstPhase ? 2 : 16, kSlotStep = kSlotElements * 2 / 16;
+      // The next k16 is 32 bytes on in a swizzled box, 256 bytes on in the intermediate; K past c
+      // reads zeros from one side or the other.
+      constexpr uint32_t kAStep = kFirstPhase ? 2 : 16, kSlotStep = kSlotElements * 2 / 16;
       WgmmaFence();
 #pragma unroll
       for (int q = 0; q < kActive; ++q) {
-        uint64_t a_desc = a_base;
+        uint64_t a_descriptor = a_base;
         if constexpr (!kFirstPhase) {  // slot q is j2 = q mod d2 of its slice (d2 <= 4)
-          a_desc += (q - ((q >= d2) + (q >= 2 * d2) + (q >= 3 * d2)) * d2) * mid_tile_step;
+          a_descriptor =
+              DescriptorPlus(a_base, (q - ((q >= d2) + (q >= 2 * d2) + (q >= 3 * d2)) * d2) * mid_tile_units);
         }
         float(&d)[32] = *reinterpret_cast<float(*)[32]>(&acc[q * 32]);
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) {
-          WgmmaM64K16<T, 64>(d, a_desc + kk * kAStep, b_base + q * kSlotStep + kk * 2,
-                             /*accumulate=*/!kFirstPhase || at.k0 + kk > 0);
+          WgmmaM64K16<T, 64>(d, DescriptorPlus(a_descriptor, kk * kAStep),
+                             DescriptorPlus(b_base, q * kSlotStep + kk * 2), !(overwrite && kk == 0));
         }
       }
     };
     using std::integral_constant;
-    using Phase1 = integral_constant<bool, true>;
-    using Phase2 = integral_constant<bool, false>;
-    switch ((first_phase ? 0 : kSlots) + (first_phase ? subs : subs * d2)) {
+    switch (slots) {
       case 4:
-        issue(Phase1{}, integral_constant<int, 4>{});
+        issue(integral_constant<int, 4>{});
         break;
       case 3:
-        issue(Phase1{}, integral_constant<int, 3>{});
+        issue(integral_constant<int, 3>{});
         break;
       case 2:
-        issue(Phase1{}, integral_constant<int, 2>{});
-        break;
-      case 1:
-        issue(Phase1{}, integral_constant<int, 1>{});
-        break;
-      case kSlots + 4:
-        issue(Phase2{}, integral_constant<int, 4>{});
-        break;
-      case kSlots + 3:
-        issue(Phase2{}, integral_constant<int, 3>{});
-        break;
-      case kSlots + 2:
-        issue(Phase2{}, integral_constant<int, 2>{});
+        issue(integral_constant<int, 2>{});
         break;
       default:
-        issue(Phase2{}, integral_constant<int, 1>{});
+        issue(integral_constant<int, 1>{});
     }
     WgmmaCommit();
     // The previous step's wgmma are done (this step's may still run): this warp releases the
@@ -343,105 +317,174 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
     if (previous >= 0 && lane == 0) MbarrierArrive(&stage_empty[previous]);
     previous = buffer;
     if (++buffer == g.stages) buffer = 0;
-    const Position done = at;
-    advance(at);
-    if (at.k0 != 0) continue;
-    WgmmaWait<0>();  // the epilogue reads the accumulators
+  };
+  // Taking turns (g.alternate): warpgroup w waits on barrier kTurn + w before a chunk's wgmma and
+  // hands the turn on after them; warpgroup 0 goes first.
+  constexpr int kTurn = 1 + kWarpGroups;  // past the warpgroup barriers
+  const bool alternate = kWarpGroups == 2 && g.alternate;
+  bool first_chunk = true;
+  const auto wait_turn = [&] {
+    if (alternate && !(warpgroup == 0 && first_chunk)) NamedBarrierSync(kTurn + warpgroup, kThreads);
+    first_chunk = false;
+  };
+  const auto pass_turn = [&] {
+    if (alternate) NamedBarrierArrive(kTurn + 1 - warpgroup, kThreads);
+  };
+  using Phase1 = std::integral_constant<bool, true>;
+  using Phase2 = std::integral_constant<bool, false>;
 
-    // A chunk is complete. Accumulator element 4·nb + 2·upper + e of a slot is row
-    // 16·warp + group + 8·upper of the warpgroup's 64 and column 8·nb + 2·quad + e of the slot.
-    const int m_base = 64 * warpgroup + 16 * warp + group;
-    if (done.phase == 1) {
-      // Into the intermediate, rounded to the storage type as a separate factor call would. A
-      // slot's 16 column offsets are read before its stores: shared stores may alias the table, so
-      // interleaved they would wait for each other.
-      const int row_offset = (m_base / 8) * (mid_pitch / 8) * 64 + (m_base % 8) * 8;  // +8 rows: next group
-      const int upper_step = (mid_pitch / 8) * 64;
+  // The epilogues of a complete chunk. Accumulator element 4·nb + 2·upper + e of a slot is row
+  // m_base + 8·upper of the block's rows (m_base = 64·warpgroup + 16·warp + group) and column
+  // 8·nb + 2·quad + e of the slot.
+  const auto phase1_epilogue = [&](int i, int r0, int subs, int m_base) {
+    // Into the intermediate, rounded to the storage type as a separate factor call would. A
+    // slot's 16 column offsets are read before its stores: shared stores may alias the table, so
+    // interleaved they would wait for each other.
+    const int row_offset = (m_base / 8) * (mid_pitch / 8) * 64 + (m_base % 8) * 8;  // +8 rows: next group
+    const int upper_step = (mid_pitch / 8) * 64;
 #pragma unroll
-      for (int q = 0; q < kSlots; ++q) {
-        if (q >= subs) break;
-        const int* const offsets = feature_offset + done.i * b1 + done.r0 + q * kSlotRows + quad * 2;
-        int column[16];
+    for (int q = 0; q < kSlots; ++q) {
+      if (q >= subs) break;
+      const int* const offsets = feature_offset + i * b1 + r0 + q * kSlotRows + quad * 2;
+      int column[16];
 #pragma unroll
-        for (int k = 0; k < 16; ++k) column[k] = offsets[(k / 2) * 8 + k % 2];
+      for (int k = 0; k < 16; ++k) column[k] = offsets[(k / 2) * 8 + k % 2];
 #pragma unroll
-        for (int k = 0; k < 16; ++k) {
-          const int nb = k / 2, e = k % 2;
-          if (done.r0 + q * kSlotRows + nb * 8 + quad * 2 + e >= b1) continue;
+      for (int k = 0; k < 16; ++k) {
+        const int nb = k / 2, e = k % 2;
+        if (r0 + q * kSlotRows + nb * 8 + quad * 2 + e >= b1) continue;
 #pragma unroll
-          for (int upper = 0; upper < 2; ++upper) {
-            mid[column[k] + row_offset + upper * upper_step] =
-                FromFloat<T>(acc[q * 32 + nb * 4 + upper * 2 + e]);
+        for (int upper = 0; upper < 2; ++upper) {
+          mid[column[k] + row_offset + upper * upper_step] =
+              FromFloat<T>(acc[q * 32 + nb * 4 + upper * 2 + e]);
+        }
+      }
+    }
+    // The warpgroup's wgmma read only its own rows of the intermediate: its threads' writes, then
+    // a barrier of the warpgroup, come before them.
+    FenceProxyAsync();
+    WarpgroupBarrier(warpgroup);
+  };
+  // A phase-2 chunk starts from its bias (rows r past b2 read the table's zero padding), so that its
+  // epilogue reads nothing but registers. No wgmma is in flight here (the last chunk's epilogue
+  // waited for them all); the wait says so to the compiler, which would serialize the chunk's
+  // wgmma otherwise.
+  const auto start_from_bias = [&](int i, int r0, int subs) {
+    WgmmaWait<0>();
+    WithSecondD(d2, [&](auto d2_constant) {
+      constexpr int D2 = decltype(d2_constant)::value;
+#pragma unroll
+      for (int sub = 0; sub < kSlots / D2; ++sub) {
+        if (sub >= subs) break;
+#pragma unroll
+        for (int nb = 0; nb < 8; ++nb) {
+          // The 2·D2 biases of outputs r and r + 1, every j: contiguous in the table.
+          const float* const from = bias_values + (i * b2 + r0 + sub * kSlotRows + nb * 8 + quad * 2) * D2;
+#pragma unroll
+          for (int o = 0; o < 2 * D2; ++o) {
+            const int e = o / D2, j = o % D2;
+            acc[(sub * D2 + j) * 32 + nb * 4 + e] = from[o];
+            acc[(sub * D2 + j) * 32 + nb * 4 + 2 + e] = from[o];
           }
         }
       }
-      // The warpgroup's wgmma read only its own rows of the intermediate: its threads' writes, then
-      // a barrier of the warpgroup, come before them.
-      FenceProxyAsync();
-      WarpgroupBarrier(warpgroup);
-    } else {
-      // The thread's two rows of y, and whether they exist (the last row tile may be partial).
-      const int64_t n = done.tile * BM + m_base;
-      const bool row_ok[2] = {n < p.batch, n + 8 < p.batch};
-      T* const out_row[2] = {y + n * out2, y + (n + 8) * out2};
-      WithActivation(p.activation, [&](auto activation) {
-        constexpr Activation kActivation = decltype(activation)::value;
-        if constexpr (kActivation != Activation::kNone) {
-          // In place first, with no memory access in between: the values are independent, and
-          // the compiler interleaves them.
+    });
+  };
+  const auto phase2_epilogue = [&](int64_t tile, int i, int r0, int subs, int m_base) {
+    // The thread's two rows of y, and whether they exist (the last row tile may be partial).
+    const int64_t n = tile * BM + m_base;
+    const bool row_ok[2] = {n < p.batch, n + 8 < p.batch};
+    T* const out_row[2] = {y + n * out2, y + (n + 8) * out2};
+    WithActivation(p.activation, [&](auto activation) {
+      constexpr Activation kActivation = decltype(activation)::value;
+      if constexpr (kActivation != Activation::kNone) {
+        // In place first, with no memory access in between: the values are independent, and
+        // the compiler interleaves them.
 #pragma unroll
-          for (int q = 0; q < kSlots; ++q) {
-            if (q >= subs * d2) break;
+        for (int q = 0; q < kSlots; ++q) {
+          if (q >= subs * d2) break;
 #pragma unroll
-            for (int k = 0; k < 32; ++k)
-              acc[q * 32 + k] = ApplyActivationFor16Bit<kActivation>(acc[q * 32 + k]);
-          }
+          for (int k = 0; k < 32; ++k)
+            acc[q * 32 + k] = ApplyActivationFor16Bit<kActivation>(acc[q * 32 + k]);
         }
-      });
-      WithSecondD(d2, [&](auto d2_constant) {
-        constexpr int D2 = decltype(d2_constant)::value;
+      }
+    });
+    WithSecondD(d2, [&](auto d2_constant) {
+      constexpr int D2 = decltype(d2_constant)::value;
 #pragma unroll
-        for (int sub = 0; sub < kSlots / D2; ++sub) {
-          if (sub >= subs) break;
-          // Whether every row of the slice is inside b2 (no per-row test then).
-          const bool whole = done.r0 + (sub + 1) * kSlotRows <= b2;
+      for (int sub = 0; sub < kSlots / D2; ++sub) {
+        if (sub >= subs) break;
+        // Whether every row of the slice is inside b2 (no per-row test then).
+        const bool whole = r0 + (sub + 1) * kSlotRows <= b2;
 #pragma unroll
-          for (int nb = 0; nb < 8; ++nb) {
-            const int r = done.r0 + sub * kSlotRows + nb * 8 + quad * 2;  // and r + 1
-            const bool r_ok[2] = {whole || r < b2, whole || r + 1 < b2};
-            const int first_output = (done.i * b2 + r) * D2;  // the 2·D2 outputs from here
+        for (int nb = 0; nb < 8; ++nb) {
+          const int r = r0 + sub * kSlotRows + nb * 8 + quad * 2;  // and r + 1
+          const bool r_ok[2] = {whole || r < b2, whole || r + 1 < b2};
+          const int first_output = (i * b2 + r) * D2;  // the 2·D2 outputs from here
 #pragma unroll
-            for (int upper = 0; upper < 2; ++upper) {
-              // Packed whatever the bounds, so that only the stores are predicated: no branch.
-              const bool store = row_ok[upper] && r_ok[0];
-              float v[2 * D2];
+          for (int upper = 0; upper < 2; ++upper) {
+            // Packed whatever the bounds, so that only the stores are predicated: no branch.
+            const bool store = row_ok[upper] && r_ok[0];
+            float v[2 * D2];
 #pragma unroll
-              for (int o = 0; o < 2 * D2; ++o)
-                v[o] = acc[(sub * D2 + o % D2) * 32 + nb * 4 + upper * 2 + o / D2];
-              T* const out = out_row[upper] + first_output;
-              if (g.vector_stores) {
-                uint32_t words[D2];
+            for (int o = 0; o < 2 * D2; ++o)
+              v[o] = acc[(sub * D2 + o % D2) * 32 + nb * 4 + upper * 2 + o / D2];
+            T* const out = out_row[upper] + first_output;
+            if (g.vector_stores) {
+              uint32_t words[D2];
 #pragma unroll
-                for (int w = 0; w < D2; ++w) words[w] = PackPair<T>(v[2 * w], v[2 * w + 1]);
-                if (store) StoreWords<D2>(out, words);
-              } else {
+              for (int w = 0; w < D2; ++w) words[w] = PackPair<T>(v[2 * w], v[2 * w + 1]);
+              if (store) StoreWordsAsVector<D2>(out, words);
+            } else {
 #pragma unroll
-                for (int o = 0; o < 2 * D2; ++o) {
-                  if (store && (o < D2 || r_ok[1])) out[o] = FromFloat<T>(v[o]);
-                }
+              for (int o = 0; o < 2 * D2; ++o) {
+                if (store && (o < D2 || r_ok[1])) out[o] = FromFloat<T>(v[o]);
               }
             }
           }
         }
-      });
+      }
+    });
+  };
+
+  const int m_base = 64 * warpgroup + 16 * warp + group;
+  for (int64_t tile = blockIdx.x; tile < g.row_tiles; tile += gridDim.x) {
+    for (int i = 0; i < a1; ++i) {
+      for (int r0 = 0; r0 < b1; r0 += chunk1) {
+        const int subs = active_subs(g.subs1, b1, r0);
+        wait_turn();
+        for (int k0 = 0; k0 < c1; k0 += kBK) mma_step(Phase1{}, subs, x_descriptor, w1_descriptor, k0 == 0);
+        pass_turn();
+        WgmmaWait<0>();  // the epilogue reads the accumulators
+        phase1_epilogue(i, r0, subs, m_base);
+      }
+    }
+    for (int i = 0; i < a2; ++i) {
+      for (int r0 = 0; r0 < b2; r0 += chunk2) {
+        const int subs = active_subs(g.subs2, b2, r0);
+        start_from_bias(i, r0, subs);
+        wait_turn();
+        for (int k0 = 0; k0 < c2; k0 += kBK) {
+          mma_step(Phase2{}, subs * d2,
+                   DescriptorPlus(mid_descriptor, (i * d2 * mid_tile + k0 / 8 * 64) * 2 / 16), w2_descriptor,
+                   false);
+        }
+        pass_turn();
+        WgmmaWait<0>();
+        phase2_epilogue(tile, i, r0, subs, m_base);
+      }
     }
   }
+  // Warpgroup 0 takes the last turn warpgroup 1 handed on, so that no barrier is left half-done.
+  if (alternate && warpgroup == 0 && !first_chunk) NamedBarrierSync(kTurn, kThreads);
 }
 
 template <typename T, int kWarpGroups>
-cudaError_t Launch(const KsPairArgs& p, cudaStream_t stream) {
+cudaError_t Launch(const KsPairArgs& p, bool alternate, cudaStream_t stream) {
   WgPairGeometry g = Geometry<kWarpGroups>(p.first, p.second, p.batch);
   g.vector_stores = p.second.b % 2 == 0 && reinterpret_cast<uintptr_t>(p.y) % 16 == 0;
+  const int64_t chunk_steps = (std::max(p.first.c, p.second.c) + kBK - 1) / kBK;
+  g.alternate = alternate && kWarpGroups == 2 && chunk_steps <= g.stages - 1;
   const int64_t shared_bytes = g.shared_bytes;
   if (shared_bytes > std::numeric_limits<int>::max()) return cudaErrorInvalidValue;
   const auto kernel = KsPairWgmmaKernel<T, kWarpGroups>;
@@ -480,20 +523,23 @@ cudaError_t Launch(const KsPairArgs& p, cudaStream_t stream) {
 
 }  // namespace
 
-bool PairTileUsesWgmma(PairTile tile) { return tile == PairTile::kWgM64 || tile == PairTile::kWgM128; }
+bool PairTileUsesWgmma(PairTile tile) {
+  return tile == PairTile::kWgM64 || tile == PairTile::kWgM128 || tile == PairTile::kWgPingPong;
+}
 
 bool KsPairWgmmaRuns(const KsPattern& second) { return second.d <= kMaxSecondD && DeviceRunsWgmma(); }
 
 int64_t KsPairWgmmaSharedBytes(const KsPattern& first, const KsPattern& second, PairTile tile) {
-  return tile == PairTile::kWgM128 ? Geometry<2>(first, second, 1).shared_bytes
-                                   : Geometry<1>(first, second, 1).shared_bytes;
+  return tile == PairTile::kWgM64 ? Geometry<1>(first, second, 1).shared_bytes
+                                  : Geometry<2>(first, second, 1).shared_bytes;
 }
 
 cudaError_t LaunchKsPairWgmma(const KsPairArgs& params, PairTile tile, cudaStream_t stream) {
   if (!PairTileUsesWgmma(tile) || !KsPairWgmmaRuns(params.second)) return cudaErrorInvalidValue;
   return With16BitStorageType(params.dtype, [&](auto zero) {
     using T = decltype(zero);
-    return tile == PairTile::kWgM128 ? Launch<T, 2>(params, stream) : Launch<T, 1>(params, stream);
+    return tile == PairTile::kWgM64 ? Launch<T, 1>(params, false, stream)
+                                    : Launch<T, 2>(params, tile == PairTile::kWgPingPong, stream);
   });
 }
 

@@ -57,6 +57,12 @@ __device__ __forceinline__ uint64_t SharedMatrixDescriptorSwizzle(const void* ti
          kLayout << 62;
 }
 
+// A descriptor `units` × 16 bytes further on: one 32-bit add on its address half (shared addresses
+// are below 256 KB, so the 14-bit address field never carries into the rest).
+__device__ __forceinline__ uint64_t DescriptorPlus(uint64_t descriptor, uint32_t units) {
+  return (descriptor & ~uint64_t{0xffffffff}) | (static_cast<uint32_t>(descriptor) + units);
+}
+
 // Orders this thread's generic-proxy shared-memory writes (st.shared, cp.async) before later
 // reads by the async proxy (wgmma); then a barrier makes them visible to the warpgroup.
 __device__ __forceinline__ void FenceProxyAsync() {
@@ -68,6 +74,15 @@ __device__ __forceinline__ void FenceProxyAsync() {
 // Waits for the 128 threads of one warpgroup only (named barrier 1 + warpgroup; 0 is __syncthreads).
 __device__ __forceinline__ void WarpgroupBarrier(int warpgroup) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(1 + warpgroup) : "memory");
+}
+
+// Named barrier `id` (past the warpgroup barriers) of `threads` threads: this thread waits until
+// all have come (Sync), or counts itself and goes on (Arrive).
+__device__ __forceinline__ void NamedBarrierSync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 // Sets this warpgroup's register count per thread (sm_90): producers give registers back,
