@@ -23,17 +23,12 @@ __device__ __forceinline__ constexpr int CoreMatrixOffset(int row, int k) {
   return ((row / 8) * (BK / 8) + k / 8) * 64 + (row % 8) * 8;
 }
 
-// k_group_bytes apart: the two 8-value k halves of a row group (LBO); row_group_bytes: the 8-row
-// groups (SBO).
-__device__ __forceinline__ uint64_t SharedMatrixDescriptor(const void* tile, uint32_t k_group_bytes,
-                                                           uint32_t row_group_bytes) {
-  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(tile));
-  return uint64_t{(address & 0x3ffff) >> 4} | uint64_t{(k_group_bytes >> 4) & 0x3fff} << 16 |
-         uint64_t{(row_group_bytes >> 4) & 0x3fff} << 32;
-}
-
+// The two 8-value k halves of a row group 128 bytes apart (LBO); row_group_bytes: the 8-row groups
+// (SBO).
 __device__ __forceinline__ uint64_t SharedMatrixDescriptor(const void* tile, uint32_t row_group_bytes) {
-  return SharedMatrixDescriptor(tile, 128, row_group_bytes);
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(tile));
+  return uint64_t{(address & 0x3ffff) >> 4} | uint64_t{128 >> 4} << 16 |
+         uint64_t{(row_group_bytes >> 4) & 0x3fff} << 32;
 }
 
 // A K-major operand tile as the tensor memory accelerator writes it with 128-byte swizzle: rows
