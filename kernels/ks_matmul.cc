@@ -226,8 +226,9 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
       // on an H200 but for one small d = 2 pattern, bench/results/h200-ksbench-bf16-25088-
       // candidates.csv; where it cannot run it hands over to kTcM64N64K16), in clusters sharing x
       // where d < 8 and the 256 / d-wide r tiles pair up (a median 0.86x the time of single
-      // blocks, 0.72-1.18x; with an odd count 1.2-1.5x). Else 4-j groups in s steps of 16 (two blocks per SM) for
-      // d = 16 and 32; for b of 256 and more, the tile twice as wide in r; 8-j groups for wide d.
+      // blocks, 0.72-1.18x; with an odd count 1.2-1.5x). Else 4-j groups in s steps of 16 (two
+      // blocks per SM) for d = 16 and 32; for b of 256 and more, the tile twice as wide in r; 8-j
+      // groups for wide d.
       const int64_t d = pattern.d;
       if (d == 2 || d == 4) {
         const int64_t r_tiles = (pattern.b * d + 255) / 256;

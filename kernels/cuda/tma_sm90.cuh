@@ -157,12 +157,12 @@ __device__ __forceinline__ void TmaLoad4d(void* to, const CUtensorMap* map, int 
 
 // TmaLoad4d into the same shared-memory offset of every block of the cluster in cta_mask, each
 // completing on its own barrier at `barrier`'s offset.
-__device__ __forceinline__ void TmaLoad4dMulticast(void* to, const CUtensorMap* map, int c0, int c1, int c2, int c3,
-                                                   uint64_t* barrier, uint16_t cta_mask) {
+__device__ __forceinline__ void TmaLoad4dMulticast(void* to, const CUtensorMap* map, int c0, int c1, int c2,
+                                                   int c3, uint64_t* barrier, uint16_t cta_mask) {
 #if KSSERVE_TMA
   asm volatile(
-      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], "
-      "[%1, {%2, %3, %4, %5}], [%6], %7;\n" ::"r"(SharedAddress(to)),
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster "
+      "[%0], [%1, {%2, %3, %4, %5}], [%6], %7;\n" ::"r"(SharedAddress(to)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(SharedAddress(barrier)),
       "h"(cta_mask)
       : "memory");
