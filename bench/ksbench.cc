@@ -44,6 +44,8 @@ ABSL_FLAG(std::string, candidates_csv, "",
 ABSL_FLAG(bool, pairs, true, "also time the fused two-factor chain against two factor calls (16-bit dtypes)");
 ABSL_FLAG(std::vector<std::string>, pair_names, {}, "pairs to time (vit-attn, vit-up, ...); empty: all");
 ABSL_FLAG(std::string, pairs_csv, "", "where to write the pair results (default: the --csv path with -pairs)");
+ABSL_FLAG(std::string, pair_tiles_csv, "",
+          "where to write every pair block shape's time (default: the pairs CSV path with -tiles)");
 
 namespace ksserve::bench {
 namespace {
@@ -410,13 +412,16 @@ int Run() {
   if (absl::GetFlag(FLAGS_pairs)) {
     std::string pairs_csv = absl::GetFlag(FLAGS_pairs_csv);
     if (pairs_csv.empty()) pairs_csv = SiblingPath(absl::GetFlag(FLAGS_csv), "-pairs");
-    failures += RunPairBench(ceilings,
-                             {.batches = batches,
-                              .dtypes = dtypes,
-                              .csv_path = pairs_csv,
-                              .tune = options,
-                              .names = absl::GetFlag(FLAGS_pair_names)},
-                             stream);
+    failures += RunPairBench(
+        ceilings,
+        {.batches = batches,
+         .dtypes = dtypes,
+         .csv_path = pairs_csv,
+         .tune = options,
+         .names = absl::GetFlag(FLAGS_pair_names),
+         .tiles_csv_path = absl::GetFlag(FLAGS_pair_tiles_csv).empty() ? SiblingPath(pairs_csv, "-tiles")
+                                                                       : absl::GetFlag(FLAGS_pair_tiles_csv)},
+        stream);
   }
   cudaStreamDestroy(stream);
   return failures == 0 ? 0 : 1;

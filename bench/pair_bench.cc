@@ -88,6 +88,12 @@ int RunPairBench(const Ceilings& ceilings, const PairBenchOptions& options, cuda
   if (!csv) Die("cannot write " + options.csv_path);
   csv << "pair,first,second,batch,dtype,floor_ms,two_calls_floor_ms,first_pick,second_pick,two_calls_ms,rule_ms,"
          "speedup,pct_floor,best_tile,best_tile_ms,correct,max_error\n";
+  std::ofstream tiles_csv;
+  if (!options.tiles_csv_path.empty()) {
+    tiles_csv.open(options.tiles_csv_path, std::ios::trunc);
+    if (!tiles_csv) Die("cannot write " + options.tiles_csv_path);
+    tiles_csv << "pair,batch,dtype,tile,ms\n";
+  }
   DeviceBuffer flush = TryAllocate(options.tune.l2_flush_bytes);
   if (!flush) Die("cannot allocate the L2 flush buffer");
   int failures = 0;
@@ -161,6 +167,10 @@ int RunPairBench(const Ceilings& ceilings, const PairBenchOptions& options, cuda
             const double ms = MedianMs(repetitions, stream, [&] { run_fused(tile); }, flush.get(),
                                        options.tune.l2_flush_bytes);
             if (ms < best_tile_ms) best_tile_ms = ms, best_tile = tile;
+            if (tiles_csv.is_open()) {
+              tiles_csv << absl::StrFormat("%s,%d,%s,%s,%.5f\n", pair.name, batch, kernels::DTypeName(dtype),
+                                           kernels::PairTileName(tile), ms);
+            }
           }
         }
         const double two_calls_ms =

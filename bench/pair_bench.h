@@ -19,6 +19,7 @@ struct PairBenchOptions {
   std::string csv_path;
   kernels::KsTuneOptions tune;
   std::vector<std::string> names;  // of the pairs to run ("vit-up", ...); empty: all
+  std::string tiles_csv_path;      // every block shape's median time per case; empty: not written
 };
 
 // Writes one CSV row per (pair, batch, dtype) and prints a table; returns how many cases failed

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
+#include "absl/types/span.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/ks_matmul.h"
 
@@ -234,21 +235,26 @@ absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void* pac
                                        : cuda::KsPairSharedBytes(first, second, t)) <= shared_limit;
   };
   if (tile == PairTile::kRule) {
-    // By measurement on the model pairs: warpgroup MMA where it runs and fits, then mma.sync with
-    // K-steps of 64 where they fit, 128 outputs per step for a wide second factor (the MLP up
-    // layers), else 64; the first shape that fits.
+    // By measurement on the model pairs: warpgroup MMA where it runs and fits, in the block shape
+    // cuda::KsPairWgmmaTile takes; then mma.sync with K-steps of 64 where they fit, 128 outputs per
+    // step for a wide second factor (the MLP up layers), else 64; the first shape that fits.
     using enum PairTile;
-    static constexpr PairTile kNarrow[] = {kWgM128,     kWgM64,   kM64N64K64, kM64N64,
-                                           kM64N128K64, kM64N128, kM128N128};
-    static constexpr PairTile kWide[] = {kWgM128,    kWgM64,  kM64N128K64, kM64N128,
-                                         kM64N64K64, kM64N64, kM128N128};
-    tile = kM64N64;
-    for (PairTile preferred : second.b >= 512 ? kWide : kNarrow) {
-      if ((wgmma || !cuda::PairTileUsesWgmma(preferred)) && fits(preferred)) {
-        tile = preferred;
-        break;
+    static constexpr PairTile kNarrow[] = {kM64N64K64, kM64N64, kM64N128K64, kM64N128, kM128N128};
+    static constexpr PairTile kWide[] = {kM64N128K64, kM64N128, kM64N64K64, kM64N64, kM128N128};
+    const auto take_first_that_fits = [&](absl::Span<const PairTile> candidates) {
+      for (PairTile candidate : candidates) {
+        if (fits(candidate)) {
+          tile = candidate;
+          return true;
+        }
       }
-    }
+      return false;
+    };
+    tile = kM64N64;
+    const bool took_wgmma =
+        wgmma &&
+        take_first_that_fits({cuda::KsPairWgmmaTile(first, second, params.activation), kWgM64, kWgM128});
+    if (!took_wgmma) take_first_that_fits(second.b >= 512 ? kWide : kNarrow);
   }
   if (!fits(tile)) {
     return absl::InvalidArgumentError(absl::StrFormat(

@@ -1,13 +1,14 @@
 // Storage type <-> FP32 in device code, shared by the .cu files.
 #pragma once
 
-#include <cuda_runtime_api.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
 
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/ks_params.h"
 
@@ -88,17 +89,65 @@ __device__ __forceinline__ void StoreWords(void* to, const uint32_t (&words)[kWo
   }
 }
 
-// StoreWords with the vector stores spelled out in PTX, for epilogues where the compiler, having
-// seen through the packing of the words, would split them into 4-byte stores (the fused pair's).
-template <int kWords>
-__device__ __forceinline__ void StoreWordsAsVector(void* to, const uint32_t (&words)[kWords]) {
+template <typename Fn, int... I>
+__device__ __forceinline__ void StaticForEach(Fn&& fn, std::integer_sequence<int, I...>) {
+  (fn(std::integral_constant<int, I>{}), ...);
+}
+
+// Calls fn(std::integral_constant<int, I>{}) for I = 0 .. N-1: each I a compile-time constant.
+template <int N, typename Fn>
+__device__ __forceinline__ void StaticFor(Fn&& fn) {
+  StaticForEach(fn, std::make_integer_sequence<int, N>{});
+}
+
+// kWords consecutive 32-bit words at global address `base` + kOffsetBytes, stored only where
+// `store`: one predicated PTX store per 4-, 8- or 16-byte run, the offset folded into the
+// instruction. (Written as C++, the compiler splits stores of words it has seen packed into
+// 4-byte ones, and branches around each guarded store.) 2 and 4 words need their size's alignment.
+template <int kWords, int kOffsetBytes>
+__device__ __forceinline__ void StoreGlobalWordsIf(void* base, const uint32_t (&words)[kWords], bool store) {
+  const uint32_t predicate = store;
   if constexpr (kWords == 4) {
-    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(to), "r"(words[0]), "r"(words[1]),
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n @p st.global.v4.b32 [%1+%6], {%2, %3, %4, %5};\n}\n" ::
+            "r"(predicate),
+        "l"(base), "r"(words[0]), "r"(words[1]), "r"(words[2]), "r"(words[3]), "n"(kOffsetBytes));
+  } else if constexpr (kWords == 2) {
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n @p st.global.v2.b32 [%1+%4], {%2, %3};\n}\n" ::"r"(
+            predicate),
+        "l"(base), "r"(words[0]), "r"(words[1]), "n"(kOffsetBytes));
+  } else {
+    StaticFor<kWords>([&](auto w) {
+      asm volatile(
+          "{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n @p st.global.b32 [%1+%3], %2;\n}\n" ::"r"(predicate),
+          "l"(base), "r"(words[w]), "n"(kOffsetBytes + 4 * decltype(w)::value));
+    });
+  }
+}
+
+// One 16-bit value at shared-memory `address`, stored only where `store` (predicated, no branch).
+template <typename T>
+__device__ __forceinline__ void StoreShared16If(uint32_t address, T value, bool store) {
+  static_assert(sizeof(T) == 2);
+  uint16_t bits;
+  memcpy(&bits, &value, sizeof(bits));
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n @p st.shared.b16 [%1], %2;\n}\n" ::"r"(
+                   static_cast<uint32_t>(store)),
+               "r"(address), "h"(bits));
+}
+
+// kWords consecutive 32-bit words at shared-memory `address` (aligned to their size), as one store.
+template <int kWords>
+__device__ __forceinline__ void StoreSharedWords(uint32_t address, const uint32_t (&words)[kWords]) {
+  if constexpr (kWords == 4) {
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(words[0]), "r"(words[1]),
                  "r"(words[2]), "r"(words[3]));
   } else if constexpr (kWords == 2) {
-    asm volatile("st.global.v2.b32 [%0], {%1, %2};\n" ::"l"(to), "r"(words[0]), "r"(words[1]));
+    asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(address), "r"(words[0]), "r"(words[1]));
   } else {
-    StoreWords<kWords>(to, words);
+    static_assert(kWords == 1);
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(words[0]));
   }
 }
 

@@ -5,20 +5,24 @@
 // holds up to four 64 × 64 FP32 accumulator tiles ("slots"), so one K-step feeds each warpgroup
 // up to sixteen m64n64k16 wgmma:
 //   phase 1, per (i1, 256 rows of K_1): slot q holds rows r0 + 64q, all against the same x slice;
+//     where b1 <= 64, per group of blocks instead: slot q holds block i1 + q, each with its x slice;
 //   phase 2, per (i2, 64·(4/d2) rows of K_2): slot q holds (sub = q / d2, j2 = q % d2), so
 //     every j2 of an output row is in registers at once and the thread's 2·d2 outputs for two
-//     adjacent r are contiguous in y: they go out as one store, no staging.
+//     adjacent r are contiguous in y. A chunk's outputs go out through a swizzled staging area and
+//     TMA stores where y allows a tensor map and the staging leaves enough stages; else (and for
+//     a chunk that ends past b2) each thread's 2·d2 outputs as one predicated store.
 // The intermediate is kept as K-major core matrices per (i2, j2) so that phase 2 reads it
 // straight from shared memory with wgmma. x and the weights come in by TMA (one thread issues a
 // step's boxes; they land 128-byte swizzled, the layout wgmma reads), as many stages as fit, each
-// completing on its own mbarrier; the pipeline runs on across phases and row tiles, and x is
-// asked into L2 a few steps ahead of its boxes. A step's wgmma keep running while the next
-// step's boxes are asked for; the block waits for them only before an epilogue. With two
-// warpgroups they may take turns instead, a chunk each (PairTile::kWgPingPong), so that one's
-// epilogue overlaps the other's wgmma. Boxes that reach past a
-// matrix read zeros there; where they reach into a neighbouring i or j instead, the other operand is zero
-// there or the outputs are not stored. (So where c1 is not a multiple of 64, a non-finite x value can reach
-// the outputs of the neighbouring i1 through 0 · inf; the model patterns have c1 % 64 == 0.)
+// completing on its own mbarrier; the pipeline runs on across phases and row tiles, and where a
+// block's x slice is longer than the pipeline, x is asked into L2 a few steps ahead of its boxes.
+// A step's wgmma keep running while the next step's boxes are asked for; the block waits for
+// them only before an epilogue. With two warpgroups they may take turns instead, a chunk each
+// (PairTile::kWgPingPong), so that one's epilogue overlaps the other's wgmma. Boxes that reach
+// past a matrix read zeros there; where they reach into a neighbouring i or j instead, the other
+// operand is zero there or the outputs are not stored. (So where c1 is not a multiple of 64, a
+// non-finite x value can reach the outputs of the neighbouring i1 through 0 · inf; the model
+// patterns have c1 % 64 == 0.)
 #include <cudaTypedefs.h>
 
 #include <algorithm>
@@ -37,50 +41,81 @@ constexpr int kSlots = 4;      // 64 × 64 accumulator tiles per warpgroup
 constexpr int kSlotRows = 64;  // weight rows (outputs) per slot
 constexpr int kBK = 64;        // K per step: four k16 wgmma per slot
 constexpr int kMaxStages = 8;
-constexpr int kPrefetchSteps = 8;          // how far x is asked into L2 ahead of its boxes
+constexpr int kPrefetchSteps = 4;          // how far x is asked into L2 ahead of its boxes
 constexpr int64_t kSharedBudget = 232448;  // opt-in shared memory per block on sm_90
 constexpr int kMaxSecondD = kSlots;        // every j2 of a row in one step
 constexpr int kAlign = 1024;               // of a swizzled TMA box in shared memory
 // Zero entries past the end of the bias and feature tables: an epilogue reads a whole chunk's
 // entries, also those of rows r past b, without a test per value.
 constexpr int kTablePad = kSlots * kSlotRows;
+// A warpgroup's output staging for TMA stores: a phase-2 chunk's 64 rows × (up to) 256 outputs as
+// four boxes of 64 × 64, each with 128-byte swizzle.
+constexpr int kBoxElements = kSlotRows * 64;
+constexpr int kStagingElements = kSlots * kBoxElements;
+constexpr int kMinStagesWithStaging = 3;  // the staging takes the place of stages only down to this
+constexpr int kMinStagesGrouped = 4;      // phase-1 blocks are grouped only down to this
 
 struct WgPairGeometry {
   int mid_pitch = 0;       // c2 rounded up to kBK: K of one (i2, j2) intermediate tile
-  int subs1 = 0;           // slots of a phase-1 chunk (64 rows of K_1 each)
+  int subs1 = 0;           // slots of a phase-1 chunk per block i1 (64 rows of K_1 each)
+  // Blocks i1 per phase-1 chunk, each with its own x box: where b1 <= 64, a step then feeds more
+  // than one slot's wgmma.
+  int blocks1 = 1;
   int subs2 = 0;           // 64-row slices of K_2 per phase-2 chunk (each with all d2 slots)
-  int stage_elements = 0;  // one pipeline stage: [BM × kBK of x (phase 1)][slots × 64 × kBK of w]
+  int stage_elements = 0;  // one stage: [blocks1 × BM × kBK of x (phase 1)][slots × 64 × kBK of w]
   int stages = 2;          // as many as fit next to the intermediate, up to kMaxStages
   int64_t row_tiles = 0;
   int64_t shared_bytes = 0;    // dynamic shared memory of a block
   bool vector_stores = false;  // y 16-byte aligned and b2 even: a thread's 2·d2 outputs as one store
   // Two warpgroups that take turns on the tensor cores, a chunk each (one's epilogue runs during the
-  // other's wgmma); only where a chunk's K-steps leave a stage free (the one waiting for its turn
-  // holds the stages of the chunk before).
+  // other's wgmma); only where ChunksFitStages.
   bool alternate = false;
+  // x asked into L2 ahead of its boxes, only where a block's x slice is longer than the pipeline:
+  // where the stages cover it, the prefetches only add work for the TMA unit (measured slower).
+  bool prefetch_x = false;
+  // Phase-2 chunks go out through shared memory and TMA stores (full lines, asynchronous, bounds
+  // left to the TMA unit), where y allows a tensor map and the staging leaves enough stages.
+  bool staging = false;
 };
 
-// Shared memory of a block, in this order: the stages (1024-byte aligned), the intermediate, the
-// bias in FP32 (zeros without one), the feature table (padded to 8 bytes), the stage barriers.
+// Shared memory of a block, in this order: the stages (1024-byte aligned), the output staging (if
+// any), the intermediate, the bias in FP32 (zeros without one), the feature table (padded to 8
+// bytes), the stage barriers. want_staging: y allows TMA stores.
 template <int kWarpGroups>
-WgPairGeometry Geometry(const KsPattern& first, const KsPattern& second, int64_t batch) {
+WgPairGeometry Geometry(const KsPattern& first, const KsPattern& second, int64_t batch, bool want_staging) {
   constexpr int BM = 64 * kWarpGroups;
   WgPairGeometry g;
   g.mid_pitch = static_cast<int>((second.c + kBK - 1) / kBK * kBK);
   g.subs1 = static_cast<int>(std::min<int64_t>(kSlots, (first.b + kSlotRows - 1) / kSlotRows));
   g.subs2 = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(kSlots / std::max<int64_t>(second.d, 1), (second.b + kSlotRows - 1) / kSlotRows)));
-  g.stage_elements =
-      std::max(BM + g.subs1 * kSlotRows, g.subs2 * static_cast<int>(second.d) * kSlotRows) * kBK;
   g.row_tiles = (batch + BM - 1) / BM;
   const int64_t fixed_bytes = kAlign + 2 * second.a * second.d * BM * g.mid_pitch +
                               4 * (second.out_features() + 1 + kTablePad) +
                               4 * (second.in_features() + 1 + kTablePad) +
                               16 * kMaxStages;  // full and empty barriers
-  g.stages = static_cast<int>(
-      std::clamp<int64_t>((kSharedBudget - fixed_bytes) / (2 * int64_t{g.stage_elements}), 2, kMaxStages));
-  g.shared_bytes = fixed_bytes + 2 * int64_t{g.stages} * g.stage_elements;
+  const int64_t staging_bytes = 2 * int64_t{kWarpGroups} * kStagingElements;
+  // The most blocks per phase-1 chunk that leave kMinStagesGrouped stages.
+  for (g.blocks1 = g.subs1 == 1 ? static_cast<int>(std::min<int64_t>(kSlots, first.a)) : 1;; --g.blocks1) {
+    g.stage_elements =
+        std::max(g.blocks1 * (BM + g.subs1 * kSlotRows), g.subs2 * static_cast<int>(second.d) * kSlotRows) *
+        kBK;
+    g.staging =
+        want_staging && (kSharedBudget - fixed_bytes - staging_bytes) / (2 * int64_t{g.stage_elements}) >=
+                            kMinStagesWithStaging;
+    const int64_t budget = kSharedBudget - fixed_bytes - (g.staging ? staging_bytes : 0);
+    g.stages = static_cast<int>(std::clamp<int64_t>(budget / (2 * int64_t{g.stage_elements}), 2, kMaxStages));
+    if (g.blocks1 == 1 || g.stages >= kMinStagesGrouped) break;
+  }
+  g.shared_bytes = fixed_bytes + (g.staging ? staging_bytes : 0) + 2 * int64_t{g.stages} * g.stage_elements;
+  g.prefetch_x = first.c > g.stages * kBK;
   return g;
+}
+
+// Whether two warpgroups can take turns on the tensor cores: only where a chunk's K-steps fit in
+// the stages (the one waiting for its turn holds none of the next chunk's).
+bool ChunksFitStages(const WgPairGeometry& g, const KsPattern& first, const KsPattern& second) {
+  return (std::max(first.c, second.c) + kBK - 1) / kBK <= g.stages;
 }
 
 // Calls fn(std::integral_constant<int, D>{}) for D = d in 1..kMaxSecondD.
@@ -101,8 +136,8 @@ __device__ __forceinline__ void WithSecondD(int d, Fn&& fn) {
 template <typename T, int kWarpGroups>
 __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
     KsPairWgmmaKernel(KsPairArgs p, WgPairGeometry g, const __grid_constant__ CUtensorMap x_map,
-                      const __grid_constant__ CUtensorMap w1_map,
-                      const __grid_constant__ CUtensorMap w2_map) {
+                      const __grid_constant__ CUtensorMap w1_map, const __grid_constant__ CUtensorMap w2_map,
+                      const __grid_constant__ CUtensorMap y_map) {
   // Consumer warpgroups, then a producer warpgroup (one thread of it issues the boxes). The
   // producer hands its registers to the consumers (setmaxnreg), which hold 128 accumulators each.
   constexpr int BM = 64 * kWarpGroups, kThreads = 128 * kWarpGroups, kBlockThreads = kThreads + 128;
@@ -119,7 +154,9 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
   // knows these are shared-memory pointers and uses shared loads and stores on them.
   const uint32_t misalignment = SharedAddress(shared_bytes) % kAlign;
   T* const stages = reinterpret_cast<T*>(shared_bytes + (misalignment == 0 ? 0 : kAlign - misalignment));
-  T* const mid = stages + g.stages * g.stage_elements;  // [(i2·d2 + j2)][BM × mid_pitch core matrices]
+  T* const staging = stages + g.stages * g.stage_elements;  // per warpgroup: [4 boxes][64 rows][64 outputs]
+  T* const mid = staging + (g.staging ? kWarpGroups * kStagingElements : 0);  // [(i2·d2 + j2)][BM × mid_pitch
+                                                                              // core matrices]
   float* const bias_values = reinterpret_cast<float*>(mid + a2 * d2 * mid_tile);
   // Where intermediate feature f (row 0) lies in `mid`: the phase-1 epilogue looks it up rather
   // than dividing by c2 and d2 for every value.
@@ -162,24 +199,26 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
     // The producer: one thread fills each stage as soon as every consumer warp has released it,
     // so no consumer waits on box issue. Nothing below waits for this warp.
     if (threadIdx.x == kThreads) {
-      // x boxes into L2 kPrefetchSteps steps ahead of their loads: DRAM latency is longer than the
-      // pipeline covers, and boxes asked for much earlier would leave L2 again before their loads.
-      // The weights stay in L2 anyway.
+      // x boxes into L2 kPrefetchSteps steps ahead of their loads (where g.prefetch_x): DRAM latency
+      // is longer than the pipeline covers, and boxes asked for much earlier would leave L2 again
+      // before their loads. The weights stay in L2 anyway.
       struct {
         int64_t tile;
         int phase, i, r0, k0;
       } ahead = {blockIdx.x, 1, 0, 0, 0};
       const auto prefetch = [&] {
-        if (ahead.tile >= g.row_tiles) return;
+        if (!g.prefetch_x || ahead.tile >= g.row_tiles) return;
         const bool first_phase = ahead.phase == 1;
         if (first_phase && ahead.r0 == 0) {
-          TmaPrefetch2d(&x_map, ahead.i * c1 + ahead.k0, static_cast<int>(ahead.tile * BM));
+          for (int b = 0; b < min(g.blocks1, a1 - ahead.i); ++b) {
+            TmaPrefetch2d(&x_map, (ahead.i + b) * c1 + ahead.k0, static_cast<int>(ahead.tile * BM));
+          }
         }
         if ((ahead.k0 += kBK) < (first_phase ? c1 : c2)) return;
         ahead.k0 = 0;
         if ((ahead.r0 += first_phase ? chunk1 : chunk2) < (first_phase ? b1 : b2)) return;
         ahead.r0 = 0;
-        if (++ahead.i < (first_phase ? a1 : a2)) return;
+        if ((ahead.i += first_phase ? g.blocks1 : 1) < (first_phase ? a1 : a2)) return;
         ahead.i = 0;
         ahead.phase = first_phase ? 2 : 1;
         if (!first_phase) ahead.tile += gridDim.x;
@@ -206,15 +245,18 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
       };
       for (int64_t tile = blockIdx.x; tile < g.row_tiles; tile += gridDim.x) {
         const int row = static_cast<int>(tile * BM);
-        for (int i = 0; i < a1; ++i) {
+        for (int i = 0; i < a1; i += g.blocks1) {
+          const int blocks = min(g.blocks1, a1 - i);
           for (int r0 = 0; r0 < b1; r0 += chunk1) {
             const int subs = active_subs(g.subs1, b1, r0);
             for (int k0 = 0; k0 < c1; k0 += kBK) {
-              T* const stage = acquire(subs * kSlotBoxBytes + kXBoxBytes);
-              TmaLoad2d(stage, &x_map, i * c1 + k0, row, &stage_full[buffer]);
-              for (int q = 0; q < subs; ++q) {
-                TmaLoad2d(stage + BM * kBK + q * kSlotElements, &w1_map, k0, i * b1 + r0 + q * kSlotRows,
-                          &stage_full[buffer]);
+              T* const stage = acquire(blocks * (subs * kSlotBoxBytes + kXBoxBytes));
+              for (int b = 0; b < blocks; ++b) {
+                TmaLoad2d(stage + b * BM * kBK, &x_map, (i + b) * c1 + k0, row, &stage_full[buffer]);
+                for (int q = 0; q < subs; ++q) {
+                  TmaLoad2d(stage + g.blocks1 * BM * kBK + (b * subs + q) * kSlotElements, &w1_map, k0,
+                            (i + b) * b1 + r0 + q * kSlotRows, &stage_full[buffer]);
+                }
               }
               next();
             }
@@ -255,7 +297,9 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
   // the intermediate; address fields count 16 bytes.
   const uint32_t stage_units = static_cast<uint32_t>(g.stage_elements * 2 / 16);
   const uint64_t x_descriptor = SharedMatrixDescriptorSwizzle128(stages + 64 * warpgroup * kBK);
-  const uint64_t w1_descriptor = SharedMatrixDescriptorSwizzle128(stages + BM * kBK);
+  const uint64_t w1_descriptor = SharedMatrixDescriptorSwizzle128(stages + g.blocks1 * BM * kBK);
+  // Phase 1: slot q reads x box q where blocks are grouped, else the one x box.
+  const uint32_t x_slot_units = g.blocks1 > 1 ? BM * kBK * 2 / 16 : 0;
   const uint64_t w2_descriptor = SharedMatrixDescriptorSwizzle128(stages);
   const uint64_t mid_descriptor = SharedMatrixDescriptor(mid + 8 * warpgroup * (mid_pitch / 8) * 64,
                                                          static_cast<uint32_t>(mid_pitch / 8 * 128));
@@ -283,8 +327,10 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
       WgmmaFence();
 #pragma unroll
       for (int q = 0; q < kActive; ++q) {
-        uint64_t a_descriptor = a_base;
-        if constexpr (!kFirstPhase) {  // slot q is j2 = q mod d2 of its slice (d2 <= 4)
+        uint64_t a_descriptor;
+        if constexpr (kFirstPhase) {
+          a_descriptor = DescriptorPlus(a_base, q * x_slot_units);
+        } else {  // slot q is j2 = q mod d2 of its slice (d2 <= 4)
           a_descriptor =
               DescriptorPlus(a_base, (q - ((q >= d2) + (q >= 2 * d2) + (q >= 3 * d2)) * d2) * mid_tile_units);
         }
@@ -336,34 +382,39 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
   // The epilogues of a complete chunk. Accumulator element 4·nb + 2·upper + e of a slot is row
   // m_base + 8·upper of the block's rows (m_base = 64·warpgroup + 16·warp + group) and column
   // 8·nb + 2·quad + e of the slot.
-  const auto phase1_epilogue = [&](int i, int r0, int subs, int m_base) {
+  const uint32_t mid_address = SharedAddress(mid);
+  // Phase 1, slot q: block i + q, its rows 0..63, where blocks are grouped; else block i, rows
+  // r0 + 64·q.
+  const int slot_features = g.blocks1 > 1 ? b1 : kSlotRows, slot_rows = g.blocks1 > 1 ? 0 : kSlotRows;
+  const auto phase1_epilogue = [&](int i, int r0, int slots, int m_base) {
     // Into the intermediate, rounded to the storage type as a separate factor call would. A
     // slot's 16 column offsets are read before its stores: shared stores may alias the table, so
-    // interleaved they would wait for each other.
-    const int row_offset = (m_base / 8) * (mid_pitch / 8) * 64 + (m_base % 8) * 8;  // +8 rows: next group
-    const int upper_step = (mid_pitch / 8) * 64;
+    // interleaved they would wait for each other. One byte address per value of the thread's
+    // first row, the second row (+8) a constant further on; the stores predicated rather than
+    // branched around, and all made where every slot's rows lie inside b1.
+    const uint32_t row_address =
+        mid_address + 2 * static_cast<uint32_t>((m_base / 8) * (mid_pitch / 8) * 64 + (m_base % 8) * 8);
+    const uint32_t upper_bytes = static_cast<uint32_t>(2 * (mid_pitch / 8) * 64);
+    const bool whole = r0 + (slot_rows == 0 ? 1 : slots) * kSlotRows <= b1;
 #pragma unroll
     for (int q = 0; q < kSlots; ++q) {
-      if (q >= subs) break;
-      const int* const offsets = feature_offset + i * b1 + r0 + q * kSlotRows + quad * 2;
+      if (q >= slots) break;
+      const int* const offsets = feature_offset + i * b1 + r0 + q * slot_features + quad * 2;
       int column[16];
 #pragma unroll
       for (int k = 0; k < 16; ++k) column[k] = offsets[(k / 2) * 8 + k % 2];
 #pragma unroll
       for (int k = 0; k < 16; ++k) {
         const int nb = k / 2, e = k % 2;
-        if (r0 + q * kSlotRows + nb * 8 + quad * 2 + e >= b1) continue;
+        const bool store = whole || r0 + q * slot_rows + nb * 8 + quad * 2 + e < b1;
+        const uint32_t address = row_address + 2 * static_cast<uint32_t>(column[k]);
 #pragma unroll
         for (int upper = 0; upper < 2; ++upper) {
-          mid[column[k] + row_offset + upper * upper_step] =
-              FromFloat<T>(acc[q * 32 + nb * 4 + upper * 2 + e]);
+          StoreShared16If(address + upper * upper_bytes, FromFloat<T>(acc[q * 32 + nb * 4 + upper * 2 + e]),
+                          store);
         }
       }
     }
-    // The warpgroup's wgmma read only its own rows of the intermediate: its threads' writes, then
-    // a barrier of the warpgroup, come before them.
-    FenceProxyAsync();
-    WarpgroupBarrier(warpgroup);
   };
   // A phase-2 chunk starts from its bias (rows r past b2 read the table's zero padding), so that its
   // epilogue reads nothing but registers. No wgmma is in flight here (the last chunk's epilogue
@@ -409,56 +460,134 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
         }
       }
     });
-    WithSecondD(d2, [&](auto d2_constant) {
-      constexpr int D2 = decltype(d2_constant)::value;
+    if (g.staging && r0 + subs * kSlotRows <= b2) {
+      // Every output of the chunk belongs to it: into the staging boxes, then out by TMA. Output
+      // (m, f) of the chunk is column f % 64 of box f / 64, its 16-byte unit swizzled with m % 8.
+      T* const boxes = staging + warpgroup * kStagingElements;
+      // The lane's place through opaque moves: the addresses below are the same for every chunk, and
+      // hoisted out of the loops they would take registers the accumulators need.
+      const uint32_t boxes_address = SharedAddress(boxes);
+      int lane_group, lane_quad;
+      asm volatile("mov.b32 %0, %1;\n" : "=r"(lane_group) : "r"(group));
+      asm volatile("mov.b32 %0, %1;\n" : "=r"(lane_quad) : "r"(quad));
+      const bool issuer = threadIdx.x % 128 == 0;
+      if (issuer) BulkWaitRead<0>();  // the last chunk's stores have read the boxes
+      WarpgroupBarrier(warpgroup);
+      WithSecondD(d2, [&](auto d2_constant) {
+        constexpr int D2 = decltype(d2_constant)::value;
 #pragma unroll
-      for (int sub = 0; sub < kSlots / D2; ++sub) {
-        if (sub >= subs) break;
-        // Whether every row of the slice is inside b2 (no per-row test then).
-        const bool whole = r0 + (sub + 1) * kSlotRows <= b2;
+        for (int sub = 0; sub < kSlots / D2; ++sub) {
+          if (sub >= subs) break;
 #pragma unroll
-        for (int nb = 0; nb < 8; ++nb) {
-          const int r = r0 + sub * kSlotRows + nb * 8 + quad * 2;  // and r + 1
-          const bool r_ok[2] = {whole || r < b2, whole || r + 1 < b2};
-          const int first_output = (i * b2 + r) * D2;  // the 2·D2 outputs from here
+          for (int nb = 0; nb < 8; ++nb) {
+            const int first = (sub * kSlotRows + nb * 8 + lane_quad * 2) * D2;  // the 2·D2 outputs from here
 #pragma unroll
-          for (int upper = 0; upper < 2; ++upper) {
-            // Packed whatever the bounds, so that only the stores are predicated: no branch.
-            const bool store = row_ok[upper] && r_ok[0];
-            float v[2 * D2];
-#pragma unroll
-            for (int o = 0; o < 2 * D2; ++o)
-              v[o] = acc[(sub * D2 + o % D2) * 32 + nb * 4 + upper * 2 + o / D2];
-            T* const out = out_row[upper] + first_output;
-            if (g.vector_stores) {
+            for (int upper = 0; upper < 2; ++upper) {
+              const int m = 16 * warp + lane_group + 8 * upper;
               uint32_t words[D2];
 #pragma unroll
-              for (int w = 0; w < D2; ++w) words[w] = PackPair<T>(v[2 * w], v[2 * w + 1]);
-              if (store) StoreWordsAsVector<D2>(out, words);
-            } else {
+              for (int w = 0; w < D2; ++w) {
+                const int o = 2 * w, e = o / D2, j = o % D2, e1 = (o + 1) / D2, j1 = (o + 1) % D2;
+                words[w] = PackPair<T>(acc[(sub * D2 + j) * 32 + nb * 4 + upper * 2 + e],
+                                       acc[(sub * D2 + j1) * 32 + nb * 4 + upper * 2 + e1]);
+              }
+              const auto at = [&](int f) {  // m % 8 is the lane's group
+                const int c = f % 64;
+                return boxes_address + 2 * static_cast<uint32_t>((f / 64) * kBoxElements + m * 64 +
+                                                                 (((c / 8) ^ lane_group) * 8) + c % 8);
+              };
+              if constexpr (D2 == 3) {
+                // 12 bytes may cross a 16-byte unit: three words, each inside one.
 #pragma unroll
-              for (int o = 0; o < 2 * D2; ++o) {
-                if (store && (o < D2 || r_ok[1])) out[o] = FromFloat<T>(v[o]);
+                for (int w = 0; w < D2; ++w) StoreSharedWords<1>(at(first + 2 * w), {words[w]});
+              } else {
+                StoreSharedWords<D2>(at(first), words);  // inside one 16-byte unit
               }
             }
           }
         }
+      });
+      FenceProxyAsync();  // the shared stores, before the TMA unit reads them
+      WarpgroupBarrier(warpgroup);
+      if (issuer) {
+        for (int k = 0; k < subs * d2; ++k) {
+          TmaStore2d(&y_map, boxes + k * kBoxElements, (i * b2 + r0) * d2 + 64 * k,
+                     static_cast<int>(tile * BM) + 64 * warpgroup);
+        }
+        BulkCommit();
+      }
+      return;
+    }
+    // Else each thread's 2·D2 outputs per (slice, column block, row) as one predicated store: one
+    // address per (slice, row), the column blocks at constant offsets from it.
+    WithSecondD(d2, [&](auto d2_constant) {
+      constexpr int D2 = decltype(d2_constant)::value;
+      const auto store_chunk = [&](auto vector_constant) {
+        constexpr bool kVector = decltype(vector_constant)::value;
+#pragma unroll
+        for (int sub = 0; sub < kSlots / D2; ++sub) {
+          if (sub >= subs) break;
+          const int r_first = r0 + sub * kSlotRows + quad * 2;  // the thread's r in column block 0
+          const bool whole = r0 + (sub + 1) * kSlotRows <= b2;  // every row of the slice inside b2
+#pragma unroll
+          for (int upper = 0; upper < 2; ++upper) {
+            T* const out = out_row[upper] + (i * b2 + r_first) * D2;
+            StaticFor<8>([&](auto nb_constant) {
+              constexpr int nb = decltype(nb_constant)::value;
+              const int r = r_first + 8 * nb;  // and r + 1
+              const bool r_ok[2] = {whole || r < b2, whole || r + 1 < b2};
+              const bool store = row_ok[upper] && r_ok[0];
+              float v[2 * D2];
+#pragma unroll
+              for (int o = 0; o < 2 * D2; ++o)
+                v[o] = acc[(sub * D2 + o % D2) * 32 + nb * 4 + upper * 2 + o / D2];
+              if constexpr (kVector) {
+                uint32_t words[D2];
+#pragma unroll
+                for (int w = 0; w < D2; ++w) words[w] = PackPair<T>(v[2 * w], v[2 * w + 1]);
+                StoreGlobalWordsIf<D2, 8 * nb * D2* static_cast<int>(sizeof(T))>(out, words, store);
+              } else {
+#pragma unroll
+                for (int o = 0; o < 2 * D2; ++o) {
+                  if (store && (o < D2 || r_ok[1])) out[8 * nb * D2 + o] = FromFloat<T>(v[o]);
+                }
+              }
+            });
+          }
+        }
+      };
+      if (g.vector_stores) {
+        store_chunk(std::true_type{});
+      } else {
+        store_chunk(std::false_type{});
       }
     });
   };
 
+  // A chunk's wgmma are done: the epilogue reads the accumulators, and the chunk's last stage goes
+  // back to the producer now rather than after the epilogue.
+  const auto end_chunk = [&] {
+    WgmmaWait<0>();
+    if (lane == 0) MbarrierArrive(&stage_empty[previous]);
+    previous = -1;
+  };
   const int m_base = 64 * warpgroup + 16 * warp + group;
   for (int64_t tile = blockIdx.x; tile < g.row_tiles; tile += gridDim.x) {
-    for (int i = 0; i < a1; ++i) {
+    for (int i = 0; i < a1; i += g.blocks1) {
+      const int blocks = min(g.blocks1, a1 - i);
       for (int r0 = 0; r0 < b1; r0 += chunk1) {
-        const int subs = active_subs(g.subs1, b1, r0);
+        const int slots = blocks * active_subs(g.subs1, b1, r0);
         wait_turn();
-        for (int k0 = 0; k0 < c1; k0 += kBK) mma_step(Phase1{}, subs, x_descriptor, w1_descriptor, k0 == 0);
+        for (int k0 = 0; k0 < c1; k0 += kBK) mma_step(Phase1{}, slots, x_descriptor, w1_descriptor, k0 == 0);
         pass_turn();
-        WgmmaWait<0>();  // the epilogue reads the accumulators
-        phase1_epilogue(i, r0, subs, m_base);
+        end_chunk();
+        phase1_epilogue(i, r0, slots, m_base);
       }
     }
+    // Phase 2's wgmma read only the warpgroup's own rows of the intermediate: its threads' writes,
+    // then a barrier of the warpgroup, come before them.
+    FenceProxyAsync();
+    WarpgroupBarrier(warpgroup);
     for (int i = 0; i < a2; ++i) {
       for (int r0 = 0; r0 < b2; r0 += chunk2) {
         const int subs = active_subs(g.subs2, b2, r0);
@@ -470,21 +599,24 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
                    false);
         }
         pass_turn();
-        WgmmaWait<0>();
+        end_chunk();
         phase2_epilogue(tile, i, r0, subs, m_base);
       }
     }
   }
   // Warpgroup 0 takes the last turn warpgroup 1 handed on, so that no barrier is left half-done.
   if (alternate && warpgroup == 0 && !first_chunk) NamedBarrierSync(kTurn, kThreads);
+  if (g.staging && threadIdx.x % 128 == 0) BulkWait<0>();  // the last stores, before the block ends
 }
 
 template <typename T, int kWarpGroups>
 cudaError_t Launch(const KsPairArgs& p, bool alternate, cudaStream_t stream) {
-  WgPairGeometry g = Geometry<kWarpGroups>(p.first, p.second, p.batch);
-  g.vector_stores = p.second.b % 2 == 0 && reinterpret_cast<uintptr_t>(p.y) % 16 == 0;
-  const int64_t chunk_steps = (std::max(p.first.c, p.second.c) + kBK - 1) / kBK;
-  g.alternate = alternate && kWarpGroups == 2 && chunk_steps <= g.stages - 1;
+  // TMA stores need y 16-byte aligned and its rows a multiple of 16 bytes.
+  const bool y_aligned = reinterpret_cast<uintptr_t>(p.y) % 16 == 0;
+  WgPairGeometry g =
+      Geometry<kWarpGroups>(p.first, p.second, p.batch, y_aligned && p.second.out_features() % 8 == 0);
+  g.vector_stores = p.second.b % 2 == 0 && y_aligned;
+  g.alternate = alternate && kWarpGroups == 2 && ChunksFitStages(g, p.first, p.second);
   const int64_t shared_bytes = g.shared_bytes;
   if (shared_bytes > std::numeric_limits<int>::max()) return cudaErrorInvalidValue;
   const auto kernel = KsPairWgmmaKernel<T, kWarpGroups>;
@@ -507,7 +639,7 @@ cudaError_t Launch(const KsPairArgs& p, bool alternate, cudaStream_t stream) {
   const KsPattern& first = p.first;
   const KsPattern& second = p.second;
   constexpr bool kBFloat16 = std::is_same_v<T, __nv_bfloat16>;
-  CUtensorMap x_map, w1_map, w2_map;
+  CUtensorMap x_map, w1_map, w2_map, y_map = {};
   for (const cudaError_t err :
        {MakeTensorMap16(&x_map, p.x, kBFloat16, p.batch, first.a * first.c, 64 * kWarpGroups),
         MakeTensorMap16(&w1_map, p.w1, kBFloat16, first.a * first.b, first.c, kSlotRows),
@@ -515,9 +647,15 @@ cudaError_t Launch(const KsPairArgs& p, bool alternate, cudaStream_t stream) {
                         kSlotRows)}) {
     if (err != cudaSuccess) return err;
   }
+  if (g.staging) {
+    if (cudaError_t err = MakeTensorMap16(&y_map, p.y, kBFloat16, p.batch, second.out_features(), kSlotRows);
+        err != cudaSuccess) {
+      return err;
+    }
+  }
   const int64_t blocks = std::min<int64_t>(g.row_tiles, int64_t{sms} * std::max(blocks_per_sm, 1));
   kernel<<<static_cast<unsigned>(blocks), 128 * kWarpGroups + 128, static_cast<int>(shared_bytes), stream>>>(
-      p, g, x_map, w1_map, w2_map);
+      p, g, x_map, w1_map, w2_map, y_map);
   return cudaGetLastError();
 }
 
@@ -530,8 +668,21 @@ bool PairTileUsesWgmma(PairTile tile) {
 bool KsPairWgmmaRuns(const KsPattern& second) { return second.d <= kMaxSecondD && DeviceRunsWgmma(); }
 
 int64_t KsPairWgmmaSharedBytes(const KsPattern& first, const KsPattern& second, PairTile tile) {
-  return tile == PairTile::kWgM64 ? Geometry<1>(first, second, 1).shared_bytes
-                                  : Geometry<2>(first, second, 1).shared_bytes;
+  // With the staging where it fits next to enough stages: the most a launch takes.
+  return tile == PairTile::kWgM64 ? Geometry<1>(first, second, 1, true).shared_bytes
+                                  : Geometry<2>(first, second, 1, true).shared_bytes;
+}
+
+PairTile KsPairWgmmaTile(const KsPattern& first, const KsPattern& second, Activation activation) {
+  // By measurement on the model pairs (bench/results/h200-ksbench-pairs-tiles.csv): one warpgroup
+  // per block (finer row tiles, the TMA-store epilogue) is fastest, except where the second factor
+  // has an activation and two warpgroups can take turns: their epilogues then run during each
+  // other's wgmma.
+  if (activation != Activation::kNone &&
+      ChunksFitStages(Geometry<2>(first, second, 1, true), first, second)) {
+    return PairTile::kWgPingPong;
+  }
+  return PairTile::kWgM64;
 }
 
 cudaError_t LaunchKsPairWgmma(const KsPairArgs& params, PairTile tile, cudaStream_t stream) {

@@ -56,6 +56,8 @@ bool PairTileUsesWgmma(PairTile tile);
 // On this device, for this second factor (sm_90, second.d <= 4).
 bool KsPairWgmmaRuns(const KsPattern& second);
 int64_t KsPairWgmmaSharedBytes(const KsPattern& first, const KsPattern& second, PairTile tile);
+// The warpgroup-MMA block shape the rule takes for a pair (kWgM64 or kWgPingPong).
+PairTile KsPairWgmmaTile(const KsPattern& first, const KsPattern& second, Activation activation);
 cudaError_t LaunchKsPairWgmma(const KsPairArgs& params, PairTile tile, cudaStream_t stream);
 
 // `ptr` is a multiple of `bytes`: what vector copies and TMA need of their pointers.

@@ -179,4 +179,37 @@ __device__ __forceinline__ void TmaPrefetch2d(const CUtensorMap* map, int column
 #endif
 }
 
+// The box of `map` at (column, row) from shared memory at `from` (laid out as TmaLoad2d would land
+// it) into global memory; what lies outside the matrix is not written. Asynchronous: BulkCommit
+// closes this thread's group of stores so far, BulkWaitRead<N> waits until at most N of its groups
+// still read shared memory, BulkWait<N> until at most N are still writing.
+__device__ __forceinline__ void TmaStore2d(const CUtensorMap* map, const void* from, int column, int row) {
+#if KSSERVE_TMA
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(SharedAddress(from)), "r"(column), "r"(row)
+               : "memory");
+#endif
+}
+
+__device__ __forceinline__ void BulkCommit() {
+#if KSSERVE_TMA
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+
+template <int kGroups>
+__device__ __forceinline__ void BulkWaitRead() {
+#if KSSERVE_TMA
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kGroups) : "memory");
+#endif
+}
+
+template <int kGroups>
+__device__ __forceinline__ void BulkWait() {
+#if KSSERVE_TMA
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(kGroups) : "memory");
+#endif
+}
+
 }  // namespace ksserve::kernels::cuda

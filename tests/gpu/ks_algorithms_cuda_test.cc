@@ -240,10 +240,17 @@ TEST_F(CudaAlgorithmsTest, FusedPairMatchesFp64) {
   };
   const PairCase pairs[] = {
       // ViT-S/16 attention, MLP up and MLP down; GPT-2 attention and MLP up.
-      {{2, 48, 192, 1}, {1, 192, 48, 2}}, {{6, 64, 64, 1}, {1, 768, 192, 2}}, {{6, 64, 256, 1}, {1, 128, 128, 3}},
-      {{4, 192, 192, 1}, {1, 192, 192, 4}}, {{4, 192, 192, 1}, {1, 768, 192, 4}},
-      // Edges: b off the 64-row tiles, c off the 32-wide steps, an intermediate spread over i2 and j2.
-      {{3, 40, 24, 1}, {5, 24, 8, 3}}, {{1, 16, 16, 1}, {2, 100, 8, 1}}, {{7, 72, 40, 1}, {9, 13, 56, 1}}};
+      {{2, 48, 192, 1}, {1, 192, 48, 2}},
+      {{6, 64, 64, 1}, {1, 768, 192, 2}},
+      {{6, 64, 256, 1}, {1, 128, 128, 3}},
+      {{4, 192, 192, 1}, {1, 192, 192, 4}},
+      {{4, 192, 192, 1}, {1, 768, 192, 4}},
+      // Edges: b off the 64-row tiles, c off the 32-wide steps, an intermediate spread over i2 and j2,
+      // first-factor blocks grouped per chunk with one left over.
+      {{3, 40, 24, 1}, {5, 24, 8, 3}},
+      {{1, 16, 16, 1}, {2, 100, 8, 1}},
+      {{7, 72, 40, 1}, {9, 13, 56, 1}},
+      {{5, 40, 72, 1}, {1, 50, 200, 1}}};
   const int64_t batches[] = {1, 17, 196, 1568, 10007, 25088};
   std::mt19937 rng(std::random_device{}());
   std::vector<PairTile> tiles = {PairTile::kRule};  // then every explicit block shape
