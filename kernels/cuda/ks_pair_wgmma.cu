@@ -668,7 +668,9 @@ bool PairTileUsesWgmma(PairTile tile) {
 bool KsPairWgmmaRuns(const KsPattern& second) { return second.d <= kMaxSecondD && DeviceRunsWgmma(); }
 
 int64_t KsPairWgmmaSharedBytes(const KsPattern& first, const KsPattern& second, PairTile tile) {
-  // With the staging where it fits next to enough stages: the most a launch takes.
+  // As launched where y allows the staging. A launch without it may take more, but no more than
+  // kSharedBudget (the sm_90 limit) unless even two stages do not fit; then neither size includes
+  // the staging, and the two agree.
   return tile == PairTile::kWgM64 ? Geometry<1>(first, second, 1, true).shared_bytes
                                   : Geometry<2>(first, second, 1, true).shared_bytes;
 }
