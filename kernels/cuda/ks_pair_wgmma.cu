@@ -118,6 +118,24 @@ bool ChunksFitStages(const WgPairGeometry& g, const KsPattern& first, const KsPa
   return (std::max(first.c, second.c) + kBK - 1) / kBK <= g.stages;
 }
 
+// Phase 2: where in a warpgroup's accumulators output o (0 <= o < 2·D2, in y order: r + o / D2,
+// j2 = o % D2) of a thread's (slice sub, column block nb, row upper) lies.
+template <int D2>
+__device__ __forceinline__ constexpr int OutputIndex(int sub, int nb, int upper, int o) {
+  return (sub * D2 + o % D2) * 32 + nb * 4 + upper * 2 + o / D2;
+}
+
+// Those 2·D2 outputs rounded to T, two per word, in y order.
+template <typename T, int D2>
+__device__ __forceinline__ void PackOutputs(const float* acc, int sub, int nb, int upper,
+                                            uint32_t (&words)[D2]) {
+#pragma unroll
+  for (int w = 0; w < D2; ++w) {
+    words[w] = PackPair<T>(acc[OutputIndex<D2>(sub, nb, upper, 2 * w)],
+                           acc[OutputIndex<D2>(sub, nb, upper, 2 * w + 1)]);
+  }
+}
+
 // Calls fn(std::integral_constant<int, D>{}) for D = d in 1..kMaxSecondD.
 template <typename Fn>
 __device__ __forceinline__ void WithSecondD(int d, Fn&& fn) {
@@ -433,9 +451,8 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
           const float* const from = bias_values + (i * b2 + r0 + sub * kSlotRows + nb * 8 + quad * 2) * D2;
 #pragma unroll
           for (int o = 0; o < 2 * D2; ++o) {
-            const int e = o / D2, j = o % D2;
-            acc[(sub * D2 + j) * 32 + nb * 4 + e] = from[o];
-            acc[(sub * D2 + j) * 32 + nb * 4 + 2 + e] = from[o];
+            acc[OutputIndex<D2>(sub, nb, 0, o)] = from[o];
+            acc[OutputIndex<D2>(sub, nb, 1, o)] = from[o];
           }
         }
       }
@@ -485,12 +502,7 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
             for (int upper = 0; upper < 2; ++upper) {
               const int m = 16 * warp + lane_group + 8 * upper;
               uint32_t words[D2];
-#pragma unroll
-              for (int w = 0; w < D2; ++w) {
-                const int o = 2 * w, e = o / D2, j = o % D2, e1 = (o + 1) / D2, j1 = (o + 1) % D2;
-                words[w] = PackPair<T>(acc[(sub * D2 + j) * 32 + nb * 4 + upper * 2 + e],
-                                       acc[(sub * D2 + j1) * 32 + nb * 4 + upper * 2 + e1]);
-              }
+              PackOutputs<T, D2>(acc, sub, nb, upper, words);
               const auto at = [&](int f) {  // m % 8 is the lane's group
                 const int c = f % 64;
                 return boxes_address + 2 * static_cast<uint32_t>((f / 64) * kBoxElements + m * 64 +
@@ -537,19 +549,16 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
               const int r = r_first + 8 * nb;  // and r + 1
               const bool r_ok[2] = {whole || r < b2, whole || r + 1 < b2};
               const bool store = row_ok[upper] && r_ok[0];
-              float v[2 * D2];
-#pragma unroll
-              for (int o = 0; o < 2 * D2; ++o)
-                v[o] = acc[(sub * D2 + o % D2) * 32 + nb * 4 + upper * 2 + o / D2];
               if constexpr (kVector) {
                 uint32_t words[D2];
-#pragma unroll
-                for (int w = 0; w < D2; ++w) words[w] = PackPair<T>(v[2 * w], v[2 * w + 1]);
+                PackOutputs<T, D2>(acc, sub, nb, upper, words);
                 StoreGlobalWordsIf<D2, 8 * nb * D2* static_cast<int>(sizeof(T))>(out, words, store);
               } else {
 #pragma unroll
                 for (int o = 0; o < 2 * D2; ++o) {
-                  if (store && (o < D2 || r_ok[1])) out[8 * nb * D2 + o] = FromFloat<T>(v[o]);
+                  if (store && (o < D2 || r_ok[1])) {
+                    out[8 * nb * D2 + o] = FromFloat<T>(acc[OutputIndex<D2>(sub, nb, upper, o)]);
+                  }
                 }
               }
             });
