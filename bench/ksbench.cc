@@ -41,6 +41,9 @@ ABSL_FLAG(int, repetitions, 7, "timed runs per candidate (median reported)");
 ABSL_FLAG(double, max_dense_weight_gib, 2.0, "largest densified weight matrix tried");
 ABSL_FLAG(std::string, candidates_csv, "",
           "where to write every candidate's time, one row each (default: the --csv path with -candidates)");
+ABSL_FLAG(bool, batch_last, false,
+          "also time the batch-last algorithms (bmm, dense) on x and y as [features][batch], against the "
+          "batch-first pick");
 ABSL_FLAG(bool, pairs, true, "also time the fused two-factor chain against two factor calls (16-bit dtypes)");
 ABSL_FLAG(std::vector<std::string>, pair_names, {}, "pairs to time (vit-attn, vit-up, ...); empty: all");
 ABSL_FLAG(std::string, pairs_csv, "", "where to write the pair results (default: the --csv path with -pairs)");
@@ -50,6 +53,7 @@ ABSL_FLAG(std::string, pair_tiles_csv, "",
 namespace ksserve::bench {
 namespace {
 
+using kernels::BatchLayout;
 using kernels::DType;
 using kernels::KsAlgorithm;
 using kernels::KsKernelChoice;
@@ -102,84 +106,110 @@ class Case {
               "fill w");
     // The copies below run on the legacy stream, which does not wait for a non-blocking one.
     CheckCuda(cudaStreamSynchronize(stream_), "fill");
-    // The reference: sampled rows of x and all of w, exactly as stored, in FP64.
+    // The references: sampled batch entries of x (read batch-first, and batch-last where asked) and
+    // all of w, exactly as stored, in FP64.
     std::mt19937 rng(static_cast<uint32_t>(seed));
     rows_ = testing::SampleRows(batch_, 4, rng);
-    std::vector<uint8_t> bits(static_cast<size_t>(pattern_.in_features() * size));
-    std::vector<double> x_rows;
-    for (int64_t row : rows_) {
-      CheckCuda(cudaMemcpy(bits.data(), static_cast<char*>(x_.get()) + row * pattern_.in_features() * size,
-                           bits.size(), cudaMemcpyDeviceToHost),
-                "copy x row");
-      const std::vector<double> values = testing::TypedToDouble(dtype_, bits.data(), pattern_.in_features());
-      x_rows.insert(x_rows.end(), values.begin(), values.end());
-    }
-    bits.resize(static_cast<size_t>(pattern_.nonzeros() * size));
+    std::vector<uint8_t> bits(static_cast<size_t>(pattern_.nonzeros() * size));
     CheckCuda(cudaMemcpy(bits.data(), w_.get(), bits.size(), cudaMemcpyDeviceToHost), "copy w");
     const std::vector<double> w = testing::TypedToDouble(dtype_, bits.data(), pattern_.nonzeros());
-    // One thread per sampled row: the largest patterns have ~10^8 nonzeros.
-    reference_.assign(rows_.size() * static_cast<size_t>(pattern_.out_features()), 0.0);
-    std::vector<std::thread> threads;
-    for (size_t k = 0; k < rows_.size(); ++k) {
-      threads.emplace_back([&, k] {
-        const int64_t local[] = {static_cast<int64_t>(k)};
-        const std::vector<double> y = testing::KsFactorRowsReference(x_rows, local, pattern_, w);
-        std::copy(y.begin(), y.end(), reference_.begin() + static_cast<int64_t>(k) * pattern_.out_features());
-      });
+    reference_ = Reference(ReadSampled(x_.get(), pattern_.in_features(), BatchLayout::kBatchFirst), w);
+    if (absl::GetFlag(FLAGS_batch_last)) {
+      reference_last_ = Reference(ReadSampled(x_.get(), pattern_.in_features(), BatchLayout::kBatchLast), w);
     }
-    for (std::thread& t : threads) t.join();
     return true;
   }
 
-  kernels::KsFactorParams Params() const {
-    return {.x = x_.get(), .w = w_.get(), .y = y_.get(), .batch = batch_, .pattern = pattern_, .dtype = dtype_};
+  // x and y as [batch][features], or as [features][batch] for `layout` batch-last.
+  kernels::KsFactorParams Params(BatchLayout layout = BatchLayout::kBatchFirst) const {
+    return {.x = x_.get(),
+            .w = w_.get(),
+            .y = y_.get(),
+            .batch = batch_,
+            .pattern = pattern_,
+            .dtype = dtype_,
+            .layout = layout};
   }
 
   // Median milliseconds of `choice` alone (no check).
-  absl::StatusOr<double> Time(const KsKernelChoice& choice, const kernels::KsTuneOptions& options) {
+  absl::StatusOr<double> Time(const KsKernelChoice& choice, const kernels::KsTuneOptions& options,
+                              BatchLayout layout = BatchLayout::kBatchFirst) {
     absl::StatusOr<std::vector<kernels::KsCandidateTime>> times =
-        kernels::TimeKernelCandidates(Params(), {choice}, options, stream_);
+        kernels::TimeKernelCandidates(Params(layout), {choice}, options, stream_);
     if (!times.ok()) return times.status();
     return times->front().median_ms;
   }
 
   // Times `choice` and checks one fresh run of it on a poisoned output.
-  std::optional<Measured> Measure(const KsKernelChoice& choice, const kernels::KsTuneOptions& options) {
-    const absl::StatusOr<double> ms = Time(choice, options);
+  std::optional<Measured> Measure(const KsKernelChoice& choice, const kernels::KsTuneOptions& options,
+                                  BatchLayout layout = BatchLayout::kBatchFirst) {
+    const absl::StatusOr<double> ms = Time(choice, options, layout);
     if (!ms.ok()) {
       std::fprintf(stderr, "\n  %s skipped: %s\n", kernels::KernelChoiceName(choice).c_str(),
                    std::string(ms.status().message()).c_str());
       return std::nullopt;
     }
     Measured measured{.choice = choice, .ms = *ms};
-    measured.error = Check(choice);
+    measured.error = Check(choice, layout);
     measured.correct = measured.error <= (dtype_ == DType::kFloat32 ? 1e-5 : 1e-2);
     return measured;
   }
 
  private:
-  double Check(const KsKernelChoice& choice) {
+  // The sampled batch entries of a device matrix of `features`, in FP64: one run of `features`
+  // values per entry.
+  std::vector<double> ReadSampled(const void* data, int64_t features, BatchLayout layout) {
+    const int64_t size = kernels::DTypeSize(dtype_);
+    std::vector<uint8_t> bits(static_cast<size_t>(features * size));
+    std::vector<double> values;
+    for (int64_t n : rows_) {
+      const char* from = static_cast<const char*>(data);
+      if (layout == BatchLayout::kBatchLast) {  // column n: one value every batch entries
+        CheckCuda(cudaMemcpy2DAsync(bits.data(), size, from + n * size, batch_ * size, size, features,
+                                    cudaMemcpyDeviceToHost, stream_),
+                  "copy a column");
+      } else {
+        CheckCuda(cudaMemcpyAsync(bits.data(), from + n * features * size, bits.size(),
+                                  cudaMemcpyDeviceToHost, stream_),
+                  "copy a row");
+      }
+      CheckCuda(cudaStreamSynchronize(stream_), "copy");
+      const std::vector<double> entry = testing::TypedToDouble(dtype_, bits.data(), features);
+      values.insert(values.end(), entry.begin(), entry.end());
+    }
+    return values;
+  }
+
+  // The FP64 outputs of the sampled entries; one thread per entry (the largest patterns have
+  // ~10^8 nonzeros).
+  std::vector<double> Reference(const std::vector<double>& x_entries, const std::vector<double>& w) const {
+    std::vector<double> reference(rows_.size() * static_cast<size_t>(pattern_.out_features()), 0.0);
+    std::vector<std::thread> threads;
+    for (size_t k = 0; k < rows_.size(); ++k) {
+      threads.emplace_back([&, k] {
+        const int64_t local[] = {static_cast<int64_t>(k)};
+        const std::vector<double> y = testing::KsFactorRowsReference(x_entries, local, pattern_, w);
+        std::copy(y.begin(), y.end(), reference.begin() + static_cast<int64_t>(k) * pattern_.out_features());
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    return reference;
+  }
+
+  double Check(const KsKernelChoice& choice, BatchLayout layout) {
     const int64_t size = kernels::DTypeSize(dtype_), out = pattern_.out_features();
     const int64_t packed_bytes = *kernels::PackedWeightBytes(choice, pattern_, dtype_);
-    const int64_t workspace_bytes = *kernels::FactorWorkspaceBytes(choice.algorithm, pattern_, batch_, dtype_);
+    const int64_t workspace_bytes =
+        *kernels::FactorWorkspaceBytes(choice.algorithm, pattern_, batch_, dtype_, layout);
     DeviceBuffer packed = TryAllocate(packed_bytes), workspace = TryAllocate(workspace_bytes);
     if (!packed || !workspace) return NAN;
     CheckCuda(cudaMemsetAsync(y_.get(), 0xff, batch_ * out * size, stream_), "poison y");  // NaN in every dtype
     if (!kernels::PackWeightsCuda(choice, pattern_, dtype_, w_.get(), packed.get(), stream_).ok() ||
-        !kernels::KsFactorForwardCuda(Params(), choice, packed.get(), workspace.get(), stream_).ok()) {
+        !kernels::KsFactorForwardCuda(Params(layout), choice, packed.get(), workspace.get(), stream_).ok()) {
       return NAN;
     }
-    std::vector<uint8_t> bits(static_cast<size_t>(out * size));
-    std::vector<double> got;
-    for (int64_t row : rows_) {
-      CheckCuda(cudaMemcpyAsync(bits.data(), static_cast<char*>(y_.get()) + row * out * size, bits.size(),
-                                cudaMemcpyDeviceToHost, stream_),
-                "copy y row");
-      CheckCuda(cudaStreamSynchronize(stream_), "check run");
-      const std::vector<double> values = testing::TypedToDouble(dtype_, bits.data(), out);
-      got.insert(got.end(), values.begin(), values.end());
-    }
-    return testing::RelativeError(got, reference_);
+    return testing::RelativeError(ReadSampled(y_.get(), out, layout),
+                                  layout == BatchLayout::kBatchLast ? reference_last_ : reference_);
   }
 
   KsPattern pattern_;
@@ -188,7 +218,7 @@ class Case {
   cudaStream_t stream_;
   DeviceBuffer x_, w_, y_;
   std::vector<int64_t> rows_;
-  std::vector<double> reference_;
+  std::vector<double> reference_, reference_last_;  // of the sampled entries, batch-first and batch-last
 };
 
 std::vector<int64_t> ParseBatches(const std::string& text) {
@@ -258,8 +288,11 @@ int Run() {
     csv << absl::StrFormat(" gemm_%s_TFLOPs=%.2f", kernels::DTypeName(dtype),
                            ceilings.gemm_flops_per_s[static_cast<int>(dtype)] / 1e12);
   }
-  csv << "\nsource,a,b,c,d,batch,dtype,floor_ms,dense_ms,bmm_ms,baseline_ms,best_fused,best_fused_ms,rule_fused_ms,"
-         "dispatched,dispatched_first_ms,baseline_retimed_ms,dispatched_ms,speedup,pct_floor,correct,max_error\n";
+  csv << "\nsource,a,b,c,d,batch,dtype,floor_ms,dense_ms,bmm_ms,baseline_ms,best_fused,best_fused_ms,rule_"
+         "fused_ms,"
+         "dispatched,dispatched_first_ms,baseline_retimed_ms,dispatched_ms,speedup,pct_floor,correct,max_"
+         "error,"
+         "batch_last_pick,batch_last_ms,batch_last_speedup\n";
 
   kernels::KsTuneOptions options;
   options.repetitions = absl::GetFlag(FLAGS_repetitions);
@@ -281,6 +314,7 @@ int Run() {
   struct Summary {
     std::vector<double> speedup, pct_floor;
     double worst_ratio = INFINITY;
+    std::vector<double> batch_last_speedup;  // the batch-first pick's time over the best batch-last one
   };
   std::vector<Summary> summaries(dtypes.size() * batches.size());
 
@@ -376,6 +410,34 @@ int Run() {
         } else if (dispatched) {
           dispatched_ms = dispatched->ms;
         }
+        // Batch-last: x and y read as [features][batch] (the same bytes), on the algorithms that
+        // take them, against the batch-first pick.
+        std::optional<Measured> batch_last;
+        bool batch_last_correct = true;
+        if (absl::GetFlag(FLAGS_batch_last)) {
+          for (const KsKernelChoice& choice :
+               kernels::KernelCandidates(p, dtype, options, BatchLayout::kBatchLast)) {
+            if (choice.algorithm == KsAlgorithm::kDense && !dense) continue;  // out of reach batch-first too
+            const std::optional<Measured> m = bench_case.Measure(choice, options, BatchLayout::kBatchLast);
+            if (!m) continue;
+            candidates_csv << absl::StrFormat("%s,%d,%d,%d,%d,%d,%s,batch-last/%s,%.5f,%.3g\n", named.source,
+                                              p.a, p.b, p.c, p.d, batch, kernels::DTypeName(dtype),
+                                              kernels::KernelChoiceName(m->choice), m->ms, m->error);
+            if (!m->correct) {
+              batch_last_correct = false;
+              std::fprintf(stderr, "\n  WRONG: batch-last %s on %s batch %lld %s: relative error %g\n",
+                           kernels::KernelChoiceName(m->choice).c_str(), kernels::PatternToString(p).c_str(),
+                           static_cast<long long>(batch), kernels::DTypeName(dtype).c_str(), m->error);
+              continue;
+            }
+            max_error = std::max(max_error, m->error);
+            if (!batch_last || m->ms < batch_last->ms) batch_last = m;
+          }
+        }
+        if (!batch_last_correct) {
+          if (all_correct) ++failures;  // the case counts once
+          all_correct = false;
+        }
         const double speedup = baseline_retimed_ms / dispatched_ms;
         const double pct_floor = 100.0 * floor_ms / dispatched_ms;
         Summary& summary = summaries[di * batches.size() + bi];
@@ -384,15 +446,26 @@ int Run() {
           summary.worst_ratio = std::min(summary.worst_ratio, speedup);
         }
         if (std::isfinite(pct_floor)) summary.pct_floor.push_back(pct_floor);
+        // Re-timed as the batch-first pick was, so that neither side is a minimum over noisy timings.
+        double batch_last_ms = NAN;
+        if (batch_last) {
+          kernels::KsTuneOptions retime = options;
+          retime.repetitions = 2 * options.repetitions + 1;
+          batch_last_ms = bench_case.Time(batch_last->choice, retime, BatchLayout::kBatchLast).value_or(NAN);
+        }
+        const double batch_last_speedup = dispatched_ms / batch_last_ms;
+        if (std::isfinite(batch_last_speedup)) summary.batch_last_speedup.push_back(batch_last_speedup);
         const auto ms = [](double v) { return std::isnan(v) ? std::string() : absl::StrFormat("%.5f", v); };
-        csv << absl::StrFormat("%s,%d,%d,%d,%d,%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%.3f,%.1f,%s,%.3g\n", named.source,
-                               p.a, p.b, p.c, p.d, batch, kernels::DTypeName(dtype), ms(floor_ms), ms(dense_ms),
-                               ms(bmm_ms), ms(baseline_ms),
-                               best_fused ? kernels::KernelChoiceName(best_fused->choice) : "",
-                               ms(best_fused ? best_fused->ms : NAN), ms(rule_fused ? rule_fused->ms : NAN),
-                               dispatched ? kernels::KernelChoiceName(dispatched->choice) : "", ms(dispatched ? dispatched->ms : NAN),
-                               ms(baseline_retimed_ms), ms(dispatched_ms),
-                               speedup, pct_floor, all_correct ? "yes" : "NO", max_error);
+        csv << absl::StrFormat(
+            "%s,%d,%d,%d,%d,%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%.3f,%.1f,%s,%.3g,%s,%s,%s\n",
+            named.source, p.a, p.b, p.c, p.d, batch, kernels::DTypeName(dtype), ms(floor_ms), ms(dense_ms),
+            ms(bmm_ms), ms(baseline_ms), best_fused ? kernels::KernelChoiceName(best_fused->choice) : "",
+            ms(best_fused ? best_fused->ms : NAN), ms(rule_fused ? rule_fused->ms : NAN),
+            dispatched ? kernels::KernelChoiceName(dispatched->choice) : "",
+            ms(dispatched ? dispatched->ms : NAN), ms(baseline_retimed_ms), ms(dispatched_ms), speedup,
+            pct_floor, all_correct ? "yes" : "NO", max_error,
+            batch_last ? kernels::KernelChoiceName(batch_last->choice) : "", ms(batch_last_ms),
+            std::isfinite(batch_last_speedup) ? absl::StrFormat("%.3f", batch_last_speedup) : "");
         csv.flush();
       }
     }
@@ -407,6 +480,21 @@ int Run() {
       std::printf("%-9s %7lld %8zu %14.2fx %13.1f%% %11.2fx\n", kernels::DTypeName(dtypes[di]).c_str(),
                   static_cast<long long>(batches[bi]), s.speedup.size(), Median(s.speedup), Median(s.pct_floor),
                   s.worst_ratio);
+    }
+  }
+  if (absl::GetFlag(FLAGS_batch_last)) {
+    // Where batch-last pays: the batch-first pick's time over the best batch-last algorithm's.
+    std::printf("\n%-9s %7s %8s %22s %22s\n", "dtype", "batch", "cases", "median batch-last gain",
+                "cases batch-last wins");
+    for (size_t di = 0; di < dtypes.size(); ++di) {
+      for (size_t bi = 0; bi < batches.size(); ++bi) {
+        const Summary& s = summaries[di * batches.size() + bi];
+        const auto wins = std::count_if(s.batch_last_speedup.begin(), s.batch_last_speedup.end(),
+                                        [](double v) { return v > 1.0; });
+        std::printf("%-9s %7lld %8zu %21.2fx %22td\n", kernels::DTypeName(dtypes[di]).c_str(),
+                    static_cast<long long>(batches[bi]), s.batch_last_speedup.size(),
+                    Median(s.batch_last_speedup), wins);
+      }
     }
   }
   if (absl::GetFlag(FLAGS_pairs)) {

@@ -23,11 +23,13 @@
 namespace ksserve::kernels {
 namespace {
 
-constexpr char kCacheHeader[] = "# ksserve KS autotune cache v1: device\tpattern\tbatch_class\tdtype\tkernel";
+constexpr char kCacheHeader[] =
+    "# ksserve KS autotune cache v2: device\tpattern\tbatch_class\tdtype\tlayout\tkernel";
 
 std::string KeyText(const KsTuneKey& key) {
-  return absl::StrFormat("%s\t%d,%d,%d,%d\t%d\t%s", key.device, key.pattern.a, key.pattern.b, key.pattern.c,
-                         key.pattern.d, key.batch_class, DTypeName(key.dtype));
+  return absl::StrFormat("%s\t%d,%d,%d,%d\t%d\t%s\t%s", key.device, key.pattern.a, key.pattern.b,
+                         key.pattern.c, key.pattern.d, key.batch_class, DTypeName(key.dtype),
+                         BatchLayoutName(key.layout));
 }
 
 #if KSSERVE_WITH_CUDA
@@ -61,7 +63,7 @@ absl::StatusOr<double> TimeOne(const KsFactorParams& params, const KsKernelChoic
   absl::StatusOr<int64_t> packed_bytes = PackedWeightBytes(choice, params.pattern, params.dtype);
   if (!packed_bytes.ok()) return packed_bytes.status();
   absl::StatusOr<int64_t> workspace_bytes =
-      FactorWorkspaceBytes(choice.algorithm, params.pattern, params.batch, params.dtype);
+      FactorWorkspaceBytes(choice.algorithm, params.pattern, params.batch, params.dtype, params.layout);
   if (!workspace_bytes.ok()) return workspace_bytes.status();
   absl::StatusOr<DeviceBuffer> packed = Allocate(*packed_bytes);
   if (!packed.ok()) return packed.status();
@@ -118,9 +120,11 @@ int BatchClass(int64_t batch) {
   return batch_class;
 }
 
-std::vector<KsKernelChoice> KernelCandidates(const KsPattern& pattern, DType dtype, const KsTuneOptions& options) {
+std::vector<KsKernelChoice> KernelCandidates(const KsPattern& pattern, DType dtype,
+                                             const KsTuneOptions& options, BatchLayout layout) {
   std::vector<KsKernelChoice> candidates;
   for (FusedTile tile : kAllFusedTiles) {
+    if (layout != BatchLayout::kBatchFirst) break;  // the fused tiles read batch-first x
     if (FusedTileUsesTensorCores(tile) && dtype == DType::kFloat32) continue;
     // Elsewhere the pipelined FP32 tile runs as its register-staged twin: a repeat.
     if (tile == FusedTile::kJ4M64N64Async && (dtype != DType::kFloat32 || pattern.d % 4 != 0)) continue;
@@ -203,7 +207,7 @@ absl::StatusOr<KsAutotuneCache> KsAutotuneCache::Load(const std::string& path) {
     const auto error = [&](absl::string_view why) {
       return absl::InvalidArgumentError(absl::StrFormat("%s:%d: %s", path, line_number, why));
     };
-    if (fields.size() != 5) return error("expected 5 tab-separated fields");
+    if (fields.size() != 6) return error("expected 6 tab-separated fields");
     KsTuneKey key;
     key.device = fields[0];
     const std::vector<std::string> sizes = absl::StrSplit(fields[1], ',');
@@ -223,7 +227,13 @@ absl::StatusOr<KsAutotuneCache> KsAutotuneCache::Load(const std::string& path) {
       }
     }
     if (!dtype_found) return error("bad dtype");
-    absl::StatusOr<KsKernelChoice> choice = ParseKernelChoice(fields[4]);
+    if (fields[4] != BatchLayoutName(BatchLayout::kBatchFirst) &&
+        fields[4] != BatchLayoutName(BatchLayout::kBatchLast)) {
+      return error("bad layout");
+    }
+    key.layout = fields[4] == BatchLayoutName(BatchLayout::kBatchLast) ? BatchLayout::kBatchLast
+                                                                       : BatchLayout::kBatchFirst;
+    absl::StatusOr<KsKernelChoice> choice = ParseKernelChoice(fields[5]);
     if (!choice.ok()) return error(choice.status().message());
     cache.Insert(key, *choice);
   }

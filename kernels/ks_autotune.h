@@ -1,5 +1,5 @@
 // The dispatcher's one-time autotune: every candidate kernel for a (device, pattern, batch class,
-// dtype) is timed once and the fastest is remembered, in memory and in a cache file, so later
+// dtype, batch layout) is timed once and the fastest is remembered, in memory and in a cache file, so later
 // calls and later processes go straight to it. Candidates always include cuBLAS dense and bmm,
 // so a tuned choice is never slower than the best of them beyond timing noise.
 #pragma once
@@ -24,6 +24,7 @@ struct KsTuneKey {
   KsPattern pattern;
   int batch_class = 0;
   DType dtype = DType::kFloat32;
+  BatchLayout layout = BatchLayout::kBatchFirst;
 };
 
 // How long one candidate took, from a tuning run.
@@ -43,8 +44,11 @@ struct KsTuneOptions {
   int64_t l2_flush_bytes = int64_t{128} << 20;
 };
 
-// The candidates tried for a factor: every fused tile, bmm, and dense within the size limit.
-std::vector<KsKernelChoice> KernelCandidates(const KsPattern& pattern, DType dtype, const KsTuneOptions& options);
+// The candidates tried for a factor: every fused tile (batch-first only), bmm, and dense within
+// the size limit.
+std::vector<KsKernelChoice> KernelCandidates(const KsPattern& pattern, DType dtype,
+                                             const KsTuneOptions& options,
+                                             BatchLayout layout = BatchLayout::kBatchFirst);
 
 // Times each candidate on the current device for params (params.y is overwritten; the other
 // buffers are only read) and returns the times, fastest first. Temporary packed weights and

@@ -82,12 +82,26 @@ bool FitsInt(std::initializer_list<int64_t> values) {
 
 absl::Status CublasSizes(const KsFactorParams& p, KsAlgorithm algorithm) {
   const KsPattern& k = p.pattern;
-  const bool fits = algorithm == KsAlgorithm::kDense
-                        ? FitsInt({p.batch, k.in_features(), k.out_features()})
-                        : FitsInt({p.batch, k.a * k.d, k.in_features(), k.out_features(), p.batch * k.b, p.batch * k.c});
+  const bool batch_last = p.layout == BatchLayout::kBatchLast;
+  const bool fits =
+      algorithm == KsAlgorithm::kDense
+          ? FitsInt({p.batch, k.in_features(), k.out_features()})
+          : FitsInt({p.batch, k.a * k.d, k.in_features(), k.out_features(),
+                     batch_last ? p.batch * k.d : p.batch * k.b, batch_last ? 0 : p.batch * k.c});
   if (fits) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrFormat("pattern %s at batch %d exceeds cuBLAS's 32-bit sizes",
                                                     PatternToString(k), p.batch));
+}
+
+// y = act(y + bias) after a cuBLAS product, in the call's layout.
+absl::Status Epilogue(const KsFactorParams& p, cudaStream_t stream) {
+  if (p.bias == nullptr && p.activation == Activation::kNone) return absl::OkStatus();
+  const int64_t out = p.pattern.out_features();
+  return CudaStatus(
+      p.layout == BatchLayout::kBatchLast
+          ? cuda::LaunchEpilogueBatchLast(p.y, p.bias, p.batch, out, p.dtype, p.activation, stream)
+          : cuda::LaunchEpilogue(p.y, p.bias, p.batch, out, p.dtype, p.activation, stream),
+      "epilogue");
 }
 
 absl::Status RunDense(const KsFactorParams& p, const void* dense, cudaStream_t stream) {
@@ -97,16 +111,51 @@ absl::Status RunDense(const KsFactorParams& p, const void* dense, cudaStream_t s
   const int in = static_cast<int>(p.pattern.in_features()), out = static_cast<int>(p.pattern.out_features());
   const float alpha = 1.0f, beta = 0.0f;
   const cudaDataType_t type = CudaType(p.dtype);
-  // Row-major y (B×out) = x (B×in) · Kᵀ, i.e. column-major yᵀ = K_colᵀ · xᵀ.
-  if (absl::Status s = CublasStatus(cublasGemmEx(*handle, CUBLAS_OP_T, CUBLAS_OP_N, out, static_cast<int>(p.batch), in,
-                                                 &alpha, dense, type, in, p.x, type, in, &beta, p.y, type, out,
-                                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                                    "cublasGemmEx");
-      !s.ok()) {
-    return s;
+  const int batch = static_cast<int>(p.batch);
+  // Batch-first: row-major y (B×out) = x (B×in) · Kᵀ, i.e. column-major yᵀ = K_colᵀ · xᵀ. Batch-last:
+  // row-major y (out×B) = K · x (in×B), i.e. column-major yᵀ = xᵀ · K_col.
+  const cublasStatus_t status =
+      p.layout == BatchLayout::kBatchLast
+          ? cublasGemmEx(*handle, CUBLAS_OP_N, CUBLAS_OP_N, batch, out, in, &alpha, p.x, type, batch, dense,
+                         type, in, &beta, p.y, type, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
+          : cublasGemmEx(*handle, CUBLAS_OP_T, CUBLAS_OP_N, out, batch, in, &alpha, dense, type, in, p.x,
+                         type, in, &beta, p.y, type, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (absl::Status s = CublasStatus(status, "cublasGemmEx"); !s.ok()) return s;
+  return Epilogue(p, stream);
+}
+
+// Batch-last: block (i, j) of x is a (c × B) matrix with rows d·B apart, of y a (b × B) one, and of
+// the grouped weights [(i·d + j)][r][s] a (b × c) one: strided batched GEMMs, no permutes. One call
+// per j over every i, or per i over every j, whichever makes fewer calls; d = 1 reads w in place.
+absl::Status RunBmmBatchLast(const KsFactorParams& p, const void* grouped_w, cudaStream_t stream) {
+  absl::StatusOr<cublasHandle_t> handle = Handle(stream);
+  if (!handle.ok()) return handle.status();
+  const KsPattern& k = p.pattern;
+  const int64_t n = p.batch, size = DTypeSize(p.dtype);
+  const float alpha = 1.0f, beta = 0.0f;
+  const cudaDataType_t type = CudaType(p.dtype);
+  const bool over_i = k.d <= k.a;  // each call batches over i (one per j); else over j
+  const int64_t calls = over_i ? k.d : k.a;
+  for (int64_t call = 0; call < calls; ++call) {
+    // Element offsets of the call's first block and the steps between its blocks.
+    const int64_t x_first = (over_i ? call : call * k.c * k.d) * n, x_step = over_i ? k.c * k.d * n : n;
+    const int64_t w_first = (over_i ? call : call * k.d) * k.b * k.c, w_step = (over_i ? k.d : 1) * k.b * k.c;
+    const int64_t y_first = (over_i ? call : call * k.b * k.d) * n, y_step = over_i ? k.b * k.d * n : n;
+    // Column-major: yᵀ_ij (B×b) = xᵀ_ij (B×c) · W_ijᵀ, W_ij row-major (b×c) being column-major (c×b).
+    if (absl::Status s = CublasStatus(
+            cublasGemmStridedBatchedEx(
+                *handle, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(k.b),
+                static_cast<int>(k.c), &alpha, static_cast<const char*>(p.x) + x_first * size, type,
+                static_cast<int>(k.d * n), x_step, static_cast<const char*>(grouped_w) + w_first * size, type,
+                static_cast<int>(k.c), w_step, &beta, static_cast<char*>(p.y) + y_first * size, type,
+                static_cast<int>(k.d * n), y_step, static_cast<int>(over_i ? k.a : k.d), CUBLAS_COMPUTE_32F,
+                CUBLAS_GEMM_DEFAULT),
+            "cublasGemmStridedBatchedEx");
+        !s.ok()) {
+      return s;
+    }
   }
-  if (p.bias == nullptr && p.activation == Activation::kNone) return absl::OkStatus();
-  return CudaStatus(cuda::LaunchEpilogue(p.y, p.bias, p.batch, out, p.dtype, p.activation, stream), "epilogue");
+  return Epilogue(p, stream);
 }
 
 absl::Status RunBmm(const KsFactorParams& p, const void* grouped_w, void* workspace, cudaStream_t stream) {
@@ -127,9 +176,7 @@ absl::Status RunBmm(const KsFactorParams& p, const void* grouped_w, void* worksp
         !s.ok()) {
       return s;
     }
-    if (p.bias == nullptr && p.activation == Activation::kNone) return absl::OkStatus();
-    return CudaStatus(cuda::LaunchEpilogue(p.y, p.bias, p.batch, k.out_features(), p.dtype, p.activation, stream),
-                      "epilogue");
+    return Epilogue(p, stream);
   }
   if (grouped_w == nullptr || workspace == nullptr) {
     return absl::InvalidArgumentError("the bmm algorithm with d > 1 needs packed weights and a workspace");
@@ -171,6 +218,10 @@ absl::Status KsFactorForwardCuda(const KsFactorParams& params, const KsKernelCho
                                  void* workspace, CudaStream stream) {
   if (absl::Status s = ValidateFactorParams(params); !s.ok()) return s;
   if (params.batch == 0) return absl::OkStatus();
+  if (!KernelTakesLayout(choice, params.layout)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s reads batch-first x; batch-last runs on naive, dense or bmm", KernelChoiceName(choice)));
+  }
   switch (choice.algorithm) {
     case KsAlgorithm::kNaive:
       return CudaStatus(cuda::LaunchKsFactorNaive(params, stream), "KS naive kernel launch");
@@ -185,6 +236,12 @@ absl::Status KsFactorForwardCuda(const KsFactorParams& params, const KsKernelCho
       return RunDense(params, packed_w, stream);
     case KsAlgorithm::kBmm:
       if (absl::Status s = CublasSizes(params, choice.algorithm); !s.ok()) return s;
+      if (params.layout == BatchLayout::kBatchLast) {
+        if (params.pattern.d > 1 && packed_w == nullptr) {
+          return absl::InvalidArgumentError("the bmm algorithm with d > 1 needs packed weights");
+        }
+        return RunBmmBatchLast(params, params.pattern.d == 1 ? params.w : packed_w, stream);
+      }
       return RunBmm(params, params.pattern.d == 1 ? params.w : packed_w, workspace, stream);
   }
   return absl::InvalidArgumentError("unknown algorithm");
@@ -203,6 +260,10 @@ absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void* pac
   if (absl::Status s = FusedPairSupported(params.patterns, params.dtype); !s.ok()) return s;
   if (params.weights.size() != 2) {
     return absl::InvalidArgumentError(absl::StrFormat("%d weight tensors for a pair", params.weights.size()));
+  }
+  if (params.layout != BatchLayout::kBatchFirst) {
+    return absl::InvalidArgumentError(
+        "the fused pair reads batch-first x; run a batch-last chain factor by factor");
   }
   const KsPattern& first = params.patterns[0];
   const KsPattern& second = params.patterns[1];
@@ -252,8 +313,8 @@ absl::Status KsFusedPairForwardCuda(const KsChainParams& params, const void* pac
     };
     tile = kM64N64;
     const bool took_wgmma =
-        wgmma &&
-        take_first_that_fits({cuda::KsPairWgmmaTile(first, second, params.activation), kWgM64, kWgM128});
+        wgmma && take_first_that_fits(
+                     {cuda::KsPairWgmmaTile(first, second, params.activation, params.y), kWgM64, kWgM128});
     if (!took_wgmma) take_first_that_fits(second.b >= 512 ? kWide : kNarrow);
   }
   if (!fits(tile)) {

@@ -84,11 +84,81 @@ void FactorCpu(const KsFactorParams& p) {
   }
 }
 
-// Runs a chain as factor calls through `factor`, ping-ponging intermediates in the workspace.
+// Batch-last: per block i, y[(i, r, j)][n] = Σ_s w[i, r, s, j] · x[(i, s, j)][n], accumulated in
+// FP32 over a block of kBatchColumns columns n at a time (the innermost, stride-1 loop).
+template <typename Type>
+void FactorCpuBatchLast(const KsFactorParams& p) {
+  using T = typename Type::Storage;
+  constexpr int64_t kBatchColumns = 256;
+  const auto [a, b, c, d] = p.pattern;
+  const T* x = static_cast<const T*>(p.x);
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
+  // FP32 weights are read in place, 16-bit ones widened once per call.
+  std::vector<float> w_widened;
+  const float* w32 = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    w32 = static_cast<const float*>(p.w);
+  } else {
+    w_widened.resize(static_cast<size_t>(p.pattern.nonzeros()));
+    for (size_t k = 0; k < w_widened.size(); ++k) w_widened[k] = Type::Load(static_cast<const T*>(p.w)[k]);
+    w32 = w_widened.data();
+  }
+  const int64_t block_columns = std::min(kBatchColumns, p.batch);
+  std::vector<float> x_block(static_cast<size_t>(c * d * block_columns));
+  std::vector<float> y_block(static_cast<size_t>(b * d * block_columns));
+  for (int64_t n0 = 0; n0 < p.batch; n0 += kBatchColumns) {
+    const int64_t columns = std::min(kBatchColumns, p.batch - n0);
+    for (int64_t i = 0; i < a; ++i) {
+      for (int64_t k = 0; k < c * d; ++k) {  // input row (s, j) of block i
+        const T* from = x + (i * c * d + k) * p.batch + n0;
+        for (int64_t t = 0; t < columns; ++t)
+          x_block[static_cast<size_t>(k * columns + t)] = Type::Load(from[t]);
+      }
+      std::fill(y_block.begin(), y_block.end(), 0.0f);
+      for (int64_t r = 0; r < b; ++r) {
+        for (int64_t s = 0; s < c; ++s) {
+          for (int64_t j = 0; j < d; ++j) {
+            const float weight = w32[static_cast<size_t>(((i * b + r) * c + s) * d + j)];
+            float* y_row = y_block.data() + (r * d + j) * columns;
+            const float* x_row = x_block.data() + (s * d + j) * columns;
+            for (int64_t t = 0; t < columns; ++t) y_row[t] += weight * x_row[t];
+          }
+        }
+      }
+      for (int64_t k = 0; k < b * d; ++k) {  // output row (r, j) of block i
+        const int64_t feature = i * b * d + k;
+        const float add = bias != nullptr ? Type::Load(bias[feature]) : 0.0f;
+        T* to = y + feature * p.batch + n0;
+        for (int64_t t = 0; t < columns; ++t) {
+          to[t] =
+              Type::Store(ApplyActivation(y_block[static_cast<size_t>(k * columns + t)] + add, p.activation));
+        }
+      }
+    }
+  }
+}
+
+template <typename Type>
+void FactorCpuInLayout(const KsFactorParams& p) {
+  if (p.layout == BatchLayout::kBatchLast) {
+    FactorCpuBatchLast<Type>(p);
+  } else {
+    FactorCpu<Type>(p);
+  }
+}
+
+// Where a chain's packed weights start in its workspace: after the intermediates, 256-aligned.
+int64_t ChainPackedOffset(int64_t intermediate_bytes) { return (intermediate_bytes + 255) / 256 * 256; }
+
+// Runs a chain as factor calls through factor(params, scratch), ping-ponging intermediates in the
+// workspace; `scratch` is the workspace past them (ChainWorkspaceBytes sized it for the layout).
 template <typename FactorFn>
 absl::Status RunChain(const KsChainParams& p, FactorFn factor) {
-  const absl::StatusOr<int64_t> workspace_bytes = ChainWorkspaceBytes(p.patterns, p.batch, p.dtype);
-  if (!workspace_bytes.ok()) return workspace_bytes.status();  // also validates the chain
+  const absl::StatusOr<int64_t> intermediate_bytes = ChainWorkspaceBytes(p.patterns, p.batch, p.dtype);
+  if (!intermediate_bytes.ok()) return intermediate_bytes.status();  // also validates the chain
+  const absl::StatusOr<int64_t> workspace_bytes = ChainWorkspaceBytes(p.patterns, p.batch, p.dtype, p.layout);
+  if (!workspace_bytes.ok()) return workspace_bytes.status();
   if (p.weights.size() != p.patterns.size()) {
     return absl::InvalidArgumentError(absl::StrFormat("%d weight tensors for a chain of %d factors",
                                                       p.weights.size(), p.patterns.size()));
@@ -97,7 +167,10 @@ absl::Status RunChain(const KsChainParams& p, FactorFn factor) {
     return absl::InvalidArgumentError("a chain of several factors needs a workspace");
   }
   const size_t last = p.patterns.size() - 1;
-  const int64_t half = *workspace_bytes / 2;  // two ping-pong buffers when there are ≥ 3 factors
+  const int64_t half = *intermediate_bytes / 2;  // two ping-pong buffers when there are ≥ 3 factors
+  void* const scratch = *workspace_bytes > *intermediate_bytes
+                            ? static_cast<char*>(p.workspace) + ChainPackedOffset(*intermediate_bytes)
+                            : nullptr;
   const void* input = p.x;
   for (size_t l = 0; l <= last; ++l) {
     void* output = l == last ? p.y : static_cast<char*>(p.workspace) + (l % 2 == 1 && last >= 2 ? half : 0);
@@ -108,8 +181,9 @@ absl::Status RunChain(const KsChainParams& p, FactorFn factor) {
                                        .batch = p.batch,
                                        .pattern = p.patterns[l],
                                        .dtype = p.dtype,
-                                       .activation = l == last ? p.activation : Activation::kNone};
-    if (absl::Status s = factor(factor_params); !s.ok()) return s;
+                                       .activation = l == last ? p.activation : Activation::kNone,
+                                       .layout = p.layout};
+    if (absl::Status s = factor(factor_params, scratch); !s.ok()) return s;
     input = output;
   }
   return absl::OkStatus();
@@ -129,6 +203,16 @@ std::string DTypeName(DType dtype) {
       return "bfloat16";
     case DType::kFloat16:
       return "float16";
+  }
+  return "unknown";
+}
+
+std::string BatchLayoutName(BatchLayout layout) {
+  switch (layout) {
+    case BatchLayout::kBatchFirst:
+      return "batch-first";
+    case BatchLayout::kBatchLast:
+      return "batch-last";
   }
   return "unknown";
 }
@@ -173,6 +257,9 @@ absl::Status ValidateFactorShape(const KsFactorParams& params) {
       params.activation != Activation::kGeluTanh && params.activation != Activation::kGeluErf) {
     return absl::InvalidArgumentError("unknown activation");
   }
+  if (params.layout != BatchLayout::kBatchFirst && params.layout != BatchLayout::kBatchLast) {
+    return absl::InvalidArgumentError("unknown batch layout");
+  }
   if (params.batch < 0) {
     return absl::InvalidArgumentError(absl::StrFormat("batch must be >= 0, got %d", params.batch));
   }
@@ -202,13 +289,13 @@ absl::Status KsFactorForwardCpu(const KsFactorParams& params) {
   if (params.batch == 0) return absl::OkStatus();  // pointers may be null
   switch (params.dtype) {
     case DType::kFloat32:
-      FactorCpu<F32>(params);
+      FactorCpuInLayout<F32>(params);
       break;
     case DType::kBFloat16:
-      FactorCpu<BF16>(params);
+      FactorCpuInLayout<BF16>(params);
       break;
     case DType::kFloat16:
-      FactorCpu<F16>(params);
+      FactorCpuInLayout<F16>(params);
       break;
   }
   return absl::OkStatus();
@@ -290,6 +377,10 @@ int FusedTileJ(FusedTile tile) {
       break;  // chosen from d at launch
   }
   return 1;
+}
+
+bool KernelTakesLayout(const KsKernelChoice& choice, BatchLayout layout) {
+  return layout == BatchLayout::kBatchFirst || choice.algorithm != KsAlgorithm::kFused;
 }
 
 bool FusedTileReadsPackedWeights(FusedTile tile) {
@@ -431,10 +522,11 @@ absl::StatusOr<int64_t> PackedWeightBytes(const KsKernelChoice& choice, const Ks
 }
 
 absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsPattern& pattern, int64_t batch,
-                                             DType dtype) {
-  const KsFactorParams probe{.batch = batch, .pattern = pattern, .dtype = dtype};
+                                             DType dtype, BatchLayout layout) {
+  const KsFactorParams probe{.batch = batch, .pattern = pattern, .dtype = dtype, .layout = layout};
   if (absl::Status s = ValidateFactorShape(probe); !s.ok()) return s;
-  if (algorithm != KsAlgorithm::kBmm || pattern.d == 1) return 0;
+  // Batch-last bmm multiplies the blocks where they lie: nothing to permute.
+  if (algorithm != KsAlgorithm::kBmm || pattern.d == 1 || layout == BatchLayout::kBatchLast) return 0;
   // Grouped x, then grouped y at a 256-byte boundary (cuBLAS's preferred alignment).
   int64_t x_bytes = 0, y_bytes = 0, bytes = 0;
   if (MulOverflows(batch, pattern.in_features(), &x_bytes) || MulOverflows(x_bytes, DTypeSize(dtype), &x_bytes) ||
@@ -450,8 +542,12 @@ int64_t BmmOutputOffset(int64_t batch, const KsPattern& pattern, DType dtype) {
 }
 
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream) {
-  const KsKernelChoice choice{.algorithm = KsAlgorithm::kFused,
-                              .tile = DefaultFusedTile(params.pattern, params.batch, params.dtype)};
+  // Batch-last without packed weights: bmm where it reads w in place (d = 1), else the naive kernel.
+  const KsKernelChoice choice =
+      params.layout == BatchLayout::kBatchLast
+          ? KsKernelChoice{.algorithm = params.pattern.d == 1 ? KsAlgorithm::kBmm : KsAlgorithm::kNaive}
+          : KsKernelChoice{.algorithm = KsAlgorithm::kFused,
+                           .tile = DefaultFusedTile(params.pattern, params.batch, params.dtype)};
   return KsFactorForwardCuda(params, choice, nullptr, nullptr, stream);
 }
 
@@ -536,7 +632,8 @@ absl::Status KsFactorForwardCuda(const KsFactorParams& params, const KsKernelCho
 }
 #endif
 
-absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, int64_t batch, DType dtype) {
+absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, int64_t batch, DType dtype,
+                                            BatchLayout layout) {
   if (absl::Status s = ValidateChain(chain); !s.ok()) return s;
   if (batch < 0) return absl::InvalidArgumentError(absl::StrFormat("batch must be >= 0, got %d", batch));
   int64_t widest = 0;
@@ -546,13 +643,39 @@ absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, i
   if (MulOverflows(batch, widest, &elements) || MulOverflows(elements, DTypeSize(dtype) * buffers, &bytes)) {
     return absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
   }
-  return bytes;
+  if (layout != BatchLayout::kBatchLast) return bytes;
+  // Batch-last on CUDA runs the factors with d > 1 as bmm on weights grouped per call: room for the
+  // largest of them after the intermediates.
+  int64_t grouped = 0;
+  for (const KsPattern& p : chain) {
+    if (p.d > 1) grouped = std::max(grouped, p.nonzeros() * DTypeSize(dtype));
+  }
+  if (grouped == 0) return bytes;
+  int64_t total = 0;
+  if (__builtin_add_overflow(ChainPackedOffset(bytes), grouped, &total)) {
+    return absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
+  }
+  return total;
 }
 
-absl::Status KsChainForwardCpu(const KsChainParams& params) { return RunChain(params, KsFactorForwardCpu); }
+absl::Status KsChainForwardCpu(const KsChainParams& params) {
+  return RunChain(params, [](const KsFactorParams& factor, void*) { return KsFactorForwardCpu(factor); });
+}
 
 absl::Status KsChainForwardCuda(const KsChainParams& params, CudaStream stream) {
-  return RunChain(params, [stream](const KsFactorParams& factor) { return KsFactorForwardCuda(factor, stream); });
+  return RunChain(params, [stream](const KsFactorParams& factor, void* scratch) {
+    // Batch-last factors with d > 1: bmm on weights grouped into the scratch (a pass over the
+    // weights per call), not the naive kernel that needs none.
+    if (factor.layout == BatchLayout::kBatchLast && factor.pattern.d > 1) {
+      const KsKernelChoice bmm{.algorithm = KsAlgorithm::kBmm};
+      if (absl::Status s = PackWeightsCuda(bmm, factor.pattern, factor.dtype, factor.w, scratch, stream);
+          !s.ok()) {
+        return s;
+      }
+      return KsFactorForwardCuda(factor, bmm, scratch, nullptr, stream);
+    }
+    return KsFactorForwardCuda(factor, stream);
+  });
 }
 
 }  // namespace ksserve::kernels

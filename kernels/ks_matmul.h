@@ -25,6 +25,7 @@ using CudaStream = CUstream_st*;
 absl::Status ValidatePattern(const KsPattern& pattern);
 std::string PatternToString(const KsPattern& pattern);
 std::string DTypeName(DType dtype);
+std::string BatchLayoutName(BatchLayout layout);  // "batch-first", "batch-last"
 
 // Each pattern valid, at least one, and each factor's output the next one's input.
 absl::Status ValidateChain(absl::Span<const KsPattern> chain);
@@ -36,7 +37,8 @@ absl::Status ValidateFactorParams(const KsFactorParams& params);
 absl::Status KsFactorForwardCpu(const KsFactorParams& params);
 
 // One factor on the current CUDA device, enqueued on `stream`; pointers are device memory.
-// Runs the fused kernel with the tile DefaultFusedTile picks: no packed weights, no workspace.
+// Runs the fused kernel with the tile DefaultFusedTile picks (batch-last: bmm where d = 1, else
+// the naive kernel): no packed weights, no workspace.
 // FAILED_PRECONDITION when ksserve was built without CUDA.
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream);
 
@@ -52,6 +54,10 @@ bool FusedTileUsesTensorCores(FusedTile tile);
 std::string KernelChoiceName(const KsKernelChoice& choice);
 absl::StatusOr<KsKernelChoice> ParseKernelChoice(std::string_view name);
 
+// Whether a kernel choice takes a batch layout: every one takes batch-first; batch-last runs on
+// naive, dense and bmm (cuBLAS on strided blocks, no permutes), not on the fused tiles.
+bool KernelTakesLayout(const KsKernelChoice& choice, BatchLayout layout);
+
 // Whether a fused tile reads weights packed at load time (the pipelined tensor-core tiles, d > 1).
 bool FusedTileReadsPackedWeights(FusedTile tile);
 
@@ -62,7 +68,7 @@ bool FusedTileReadsPackedWeights(FusedTile tile);
 absl::StatusOr<int64_t> PackedWeightBytes(const KsKernelChoice& choice, const KsPattern& pattern,
                                           DType dtype);
 absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsPattern& pattern, int64_t batch,
-                                             DType dtype);
+                                             DType dtype, BatchLayout layout = BatchLayout::kBatchFirst);
 // Where the bmm algorithm's grouped output starts in its workspace (after grouped x, 256-aligned).
 int64_t BmmOutputOffset(int64_t batch, const KsPattern& pattern, DType dtype);
 absl::Status PackWeightsCuda(const KsKernelChoice& choice, const KsPattern& pattern, DType dtype,
@@ -83,9 +89,12 @@ struct KsChainParams {
   int64_t batch = 0;
   DType dtype = DType::kFloat32;
   Activation activation = Activation::kNone;
+  BatchLayout layout = BatchLayout::kBatchFirst;  // of x, y and the intermediates
 };
 
-absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, int64_t batch, DType dtype);
+// Batch-last adds room for one factor's weights grouped per call (CUDA runs those with d > 1 as bmm).
+absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, int64_t batch, DType dtype,
+                                            BatchLayout layout = BatchLayout::kBatchFirst);
 absl::Status KsChainForwardCpu(const KsChainParams& params);
 absl::Status KsChainForwardCuda(const KsChainParams& params, CudaStream stream);
 

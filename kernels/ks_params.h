@@ -32,17 +32,23 @@ constexpr int64_t DTypeSize(DType dtype) { return dtype == DType::kFloat32 ? 4 :
 // Applied to y after the bias, in FP32, before the final rounding to the output type.
 enum class Activation : uint8_t { kNone, kRelu, kGeluTanh, kGeluErf };
 
-// One factor applied batch-first (tokens × features), with an optional epilogue:
+// Where the batch index runs in x and y. Batch-first, [batch][features], is how the models hold
+// activations; batch-last, [features][batch], makes every (i, j) block of a factor a plain
+// strided matrix, so that cuBLAS runs it with no permutes.
+enum class BatchLayout : uint8_t { kBatchFirst, kBatchLast };
+
+// One factor with an optional epilogue:
 //   y[n, i, r, j] = act( Σ_s x[n, i, s, j] · w[i, r, s, j]  + bias[i, r, j] )
 struct KsFactorParams {
-  const void* x = nullptr;     // [batch, a·c·d], row-major
+  const void* x = nullptr;     // [batch, a·c·d] row-major, or [a·c·d, batch] batch-last
   const void* w = nullptr;     // [a][b][c][d], the interchange layout
   const void* bias = nullptr;  // [a·b·d] or null
-  void* y = nullptr;           // [batch, a·b·d], row-major; must not alias x, w or bias
+  void* y = nullptr;           // [batch, a·b·d] or [a·b·d, batch] as x; must not alias x, w or bias
   int64_t batch = 0;
   KsPattern pattern;
   DType dtype = DType::kFloat32;
   Activation activation = Activation::kNone;
+  BatchLayout layout = BatchLayout::kBatchFirst;
 };
 
 // CUDA algorithms for one factor.

@@ -122,13 +122,14 @@ absl::StatusOr<torch::Tensor> ChainForwardCpuBmm(const torch::Tensor& x, const s
 
 absl::StatusOr<torch::Tensor> KsFactorForward(const torch::Tensor& x, const torch::Tensor& w,
                                               const std::optional<torch::Tensor>& bias,
-                                              kernels::Activation activation) {
-  return KsChainForward(x, {w}, bias, activation);
+                                              kernels::Activation activation, kernels::BatchLayout layout) {
+  return KsChainForward(x, {w}, bias, activation, layout);
 }
 
-absl::StatusOr<torch::Tensor> KsChainForward(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+absl::StatusOr<torch::Tensor> KsChainForward(const torch::Tensor& x,
+                                             const std::vector<torch::Tensor>& weights,
                                              const std::optional<torch::Tensor>& bias,
-                                             kernels::Activation activation) {
+                                             kernels::Activation activation, kernels::BatchLayout layout) {
   std::vector<const torch::Tensor*> others;
   kernels::KsChainParams params;
   for (const torch::Tensor& w : weights) {
@@ -141,23 +142,37 @@ absl::StatusOr<torch::Tensor> KsChainForward(const torch::Tensor& x, const std::
   if (bias.has_value()) others.push_back(&*bias);
   if (absl::Status s = CheckAlike(x, others); !s.ok()) return s;
   const int64_t in = params.patterns.front().in_features(), out = params.patterns.back().out_features();
-  if (x.dim() != 2 || x.size(1) != in) {
-    return absl::InvalidArgumentError(absl::StrFormat("x must be [batch, %d] for pattern %s, got %s", in,
-                                                      kernels::PatternToString(params.patterns.front()),
-                                                      Describe(x)));
+  const bool batch_last = layout == kernels::BatchLayout::kBatchLast;
+  if (layout != kernels::BatchLayout::kBatchFirst && !batch_last)
+    return absl::InvalidArgumentError("unknown batch layout");
+  if (x.dim() != 2 || x.size(batch_last ? 0 : 1) != in) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("x must be %s for pattern %s, got %s",
+                        batch_last ? absl::StrFormat("[%d, batch]", in) : absl::StrFormat("[batch, %d]", in),
+                        kernels::PatternToString(params.patterns.front()), Describe(x)));
   }
   if (bias.has_value() && (bias->dim() != 1 || bias->size(0) != out)) {
     return absl::InvalidArgumentError(absl::StrFormat("bias must be [%d], got %s", out, Describe(*bias)));
   }
 
-  if (x.is_cpu()) return ChainForwardCpuBmm(x, weights, params.patterns, bias, activation);
+  if (x.is_cpu()) {
+    if (!batch_last) return ChainForwardCpuBmm(x, weights, params.patterns, bias, activation);
+    // Batch-last on the CPU: the same GEMMs on the transpose (LibTorch's BLAS gains nothing from it).
+    absl::StatusOr<torch::Tensor> y =
+        ChainForwardCpuBmm(x.t().contiguous(), weights, params.patterns, bias, activation);
+    if (!y.ok()) return y.status();
+    return y->t().contiguous();
+  }
 
   params.dtype = *ToDType(x.scalar_type());
-  params.batch = x.size(0);
+  params.batch = x.size(batch_last ? 1 : 0);
   params.activation = activation;
-  absl::StatusOr<int64_t> workspace_bytes = kernels::ChainWorkspaceBytes(params.patterns, params.batch, params.dtype);
+  params.layout = layout;
+  absl::StatusOr<int64_t> workspace_bytes =
+      kernels::ChainWorkspaceBytes(params.patterns, params.batch, params.dtype, params.layout);
   if (!workspace_bytes.ok()) return workspace_bytes.status();
-  absl::StatusOr<torch::Tensor> y = Empty({params.batch, out}, x.options());
+  absl::StatusOr<torch::Tensor> y = Empty(
+      batch_last ? at::IntArrayRef{out, params.batch} : at::IntArrayRef{params.batch, out}, x.options());
   absl::StatusOr<torch::Tensor> workspace = Empty({*workspace_bytes}, x.options().dtype(torch::kUInt8));
   if (!y.ok()) return y.status();
   if (!workspace.ok()) return workspace.status();

@@ -14,17 +14,20 @@
 namespace ksserve::models {
 
 // y = act(x · Kᵀ + bias) for one Kronecker-sparse factor K with weights `w` of shape [a, b, c, d].
-// x: [batch, a·c·d]; bias: [a·b·d] or absent. All float32, bfloat16 or float16 (one dtype),
-// contiguous, on one device (CPU or CUDA). Returns [batch, a·b·d]; INVALID_ARGUMENT on a wrong
-// device, dtype, layout or shape.
-absl::StatusOr<torch::Tensor> KsFactorForward(const torch::Tensor& x, const torch::Tensor& w,
-                                              const std::optional<torch::Tensor>& bias = std::nullopt,
-                                              kernels::Activation activation = kernels::Activation::kNone);
+// x: [batch, a·c·d] (batch-last: [a·c·d, batch]); bias: [a·b·d] or absent. All float32, bfloat16
+// or float16 (one dtype), contiguous, on one device (CPU or CUDA). Returns [batch, a·b·d]
+// (batch-last: [a·b·d, batch]); INVALID_ARGUMENT on a wrong device, dtype, layout or shape.
+absl::StatusOr<torch::Tensor> KsFactorForward(
+    const torch::Tensor& x, const torch::Tensor& w, const std::optional<torch::Tensor>& bias = std::nullopt,
+    kernels::Activation activation = kernels::Activation::kNone,
+    kernels::BatchLayout layout = kernels::BatchLayout::kBatchFirst);
 
 // A chain of factors, `weights` rightmost first (applied first); bias and activation apply after
 // the last factor.
-absl::StatusOr<torch::Tensor> KsChainForward(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+absl::StatusOr<torch::Tensor> KsChainForward(const torch::Tensor& x,
+                                             const std::vector<torch::Tensor>& weights,
                                              const std::optional<torch::Tensor>& bias = std::nullopt,
-                                             kernels::Activation activation = kernels::Activation::kNone);
+                                             kernels::Activation activation = kernels::Activation::kNone,
+                                             kernels::BatchLayout layout = kernels::BatchLayout::kBatchFirst);
 
 }  // namespace ksserve::models

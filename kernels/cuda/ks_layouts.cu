@@ -114,6 +114,19 @@ __global__ void EpilogueKernel(T* __restrict__ y, const T* __restrict__ bias, in
       [&](int64_t n, float v) { y[n * out + feature] = FromFloat<T>(ApplyActivation(v + bias_value, activation)); });
 }
 
+// In place on [features][batch]: y = act(y + bias), consecutive threads on consecutive n.
+template <typename T>
+__global__ void EpilogueBatchLastKernel(T* __restrict__ y, const T* __restrict__ bias, int64_t batch,
+                                        int64_t out, Activation activation) {
+  const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (n >= batch) return;
+  for (int64_t feature = blockIdx.y; feature < out; feature += gridDim.y) {
+    const float bias_value = bias != nullptr ? ToFloat(bias[feature]) : 0.0f;
+    T* const at = y + feature * batch + n;
+    *at = FromFloat<T>(ApplyActivation(ToFloat(*at) + bias_value, activation));
+  }
+}
+
 }  // namespace
 
 cudaError_t LaunchPackGrouped(const void* w, void* packed, const KsPattern& pattern, DType dtype,
@@ -179,6 +192,21 @@ cudaError_t LaunchEpilogue(void* y, const void* bias, int64_t batch, int64_t fea
     using T = decltype(zero);
     EpilogueKernel<T><<<grid, kThreads, 0, stream>>>(
         static_cast<T*>(y), static_cast<const T*>(bias), batch, features, activation);
+    return 0;
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchEpilogueBatchLast(void* y, const void* bias, int64_t batch, int64_t features, DType dtype,
+                                    Activation activation, cudaStream_t stream) {
+  const int64_t column_blocks = (batch + kThreads - 1) / kThreads;
+  if (column_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(column_blocks),
+                  static_cast<unsigned>(std::min<int64_t>(features, 65535)));
+  WithStorageType(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    EpilogueBatchLastKernel<T><<<grid, kThreads, 0, stream>>>(static_cast<T*>(y), static_cast<const T*>(bias),
+                                                              batch, features, activation);
     return 0;
   });
   return cudaGetLastError();

@@ -90,6 +90,9 @@ WgPairGeometry Geometry(const KsPattern& first, const KsPattern& second, int64_t
   g.subs2 = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(kSlots / std::max<int64_t>(second.d, 1), (second.b + kSlotRows - 1) / kSlotRows)));
   g.row_tiles = (batch + BM - 1) / BM;
+  // Only chunks that lie inside b2 go out through the staging: some must (the first one does
+  // where a whole chunk fits in b2, or where b2 is a multiple of 64).
+  want_staging = want_staging && (g.subs2 * kSlotRows <= second.b || second.b % kSlotRows == 0);
   const int64_t fixed_bytes = kAlign + 2 * second.a * second.d * BM * g.mid_pitch +
                               4 * (second.out_features() + 1 + kTablePad) +
                               4 * (second.in_features() + 1 + kTablePad) +
@@ -110,6 +113,13 @@ WgPairGeometry Geometry(const KsPattern& first, const KsPattern& second, int64_t
   g.shared_bytes = fixed_bytes + (g.staging ? staging_bytes : 0) + 2 * int64_t{g.stages} * g.stage_elements;
   g.prefetch_x = first.c > g.stages * kBK;
   return g;
+}
+
+// TMA stores need y 16-byte aligned and every box's first column too: a staged chunk's boxes start
+// at (i2·b2 + r0)·d2 + 64·k with r0 a multiple of 64, so b2·d2 (a row of y per i2) must be a multiple
+// of 8 outputs. Elsewhere a TMA store faults as an illegal instruction.
+bool YAllowsStaging(const void* y, const KsPattern& second) {
+  return reinterpret_cast<uintptr_t>(y) % 16 == 0 && second.b * second.d % 8 == 0;
 }
 
 // Whether two warpgroups can take turns on the tensor cores: only where a chunk's K-steps fit in
@@ -620,10 +630,8 @@ __global__ void __launch_bounds__(128 * kWarpGroups + 128, 1)
 
 template <typename T, int kWarpGroups>
 cudaError_t Launch(const KsPairArgs& p, bool alternate, cudaStream_t stream) {
-  // TMA stores need y 16-byte aligned and its rows a multiple of 16 bytes.
   const bool y_aligned = reinterpret_cast<uintptr_t>(p.y) % 16 == 0;
-  WgPairGeometry g =
-      Geometry<kWarpGroups>(p.first, p.second, p.batch, y_aligned && p.second.out_features() % 8 == 0);
+  WgPairGeometry g = Geometry<kWarpGroups>(p.first, p.second, p.batch, YAllowsStaging(p.y, p.second));
   g.vector_stores = p.second.b % 2 == 0 && y_aligned;
   g.alternate = alternate && kWarpGroups == 2 && ChunksFitStages(g, p.first, p.second);
   const int64_t shared_bytes = g.shared_bytes;
@@ -684,13 +692,14 @@ int64_t KsPairWgmmaSharedBytes(const KsPattern& first, const KsPattern& second, 
                                   : Geometry<2>(first, second, 1, true).shared_bytes;
 }
 
-PairTile KsPairWgmmaTile(const KsPattern& first, const KsPattern& second, Activation activation) {
+PairTile KsPairWgmmaTile(const KsPattern& first, const KsPattern& second, Activation activation,
+                         const void* y) {
   // By measurement on the model pairs (bench/results/h200-ksbench-pairs-tiles.csv): one warpgroup
   // per block (finer row tiles, the TMA-store epilogue) is fastest, except where the second factor
   // has an activation and two warpgroups can take turns: their epilogues then run during each
   // other's wgmma.
   if (activation != Activation::kNone &&
-      ChunksFitStages(Geometry<2>(first, second, 1, true), first, second)) {
+      ChunksFitStages(Geometry<2>(first, second, 1, YAllowsStaging(y, second)), first, second)) {
     return PairTile::kWgPingPong;
   }
   return PairTile::kWgM64;

@@ -57,7 +57,8 @@ bool PairTileUsesWgmma(PairTile tile);
 bool KsPairWgmmaRuns(const KsPattern& second);
 int64_t KsPairWgmmaSharedBytes(const KsPattern& first, const KsPattern& second, PairTile tile);
 // The warpgroup-MMA block shape the rule takes for a pair (kWgM64 or kWgPingPong).
-PairTile KsPairWgmmaTile(const KsPattern& first, const KsPattern& second, Activation activation);
+PairTile KsPairWgmmaTile(const KsPattern& first, const KsPattern& second, Activation activation,
+                         const void* y);
 cudaError_t LaunchKsPairWgmma(const KsPairArgs& params, PairTile tile, cudaStream_t stream);
 
 // `ptr` is a multiple of `bytes`: what vector copies and TMA need of their pointers.
@@ -81,5 +82,8 @@ cudaError_t LaunchFromGroups(const void* grouped, const void* bias, void* y, int
 // In place on [batch][features]: y = act(y + bias).
 cudaError_t LaunchEpilogue(void* y, const void* bias, int64_t batch, int64_t features, DType dtype,
                            Activation activation, cudaStream_t stream);
+// The same on batch-last y, [features][batch].
+cudaError_t LaunchEpilogueBatchLast(void* y, const void* bias, int64_t batch, int64_t features, DType dtype,
+                                    Activation activation, cudaStream_t stream);
 
 }  // namespace ksserve::kernels::cuda

@@ -51,20 +51,25 @@ std::vector<KsKernelChoice> AllChoices() {
 
 // Runs one factor with `choice` (packing its weights first, unless !packed_weights: the fused
 // tiles also run on the interchange weights alone) into a NaN-poisoned output. y_offset > 0
-// writes into a view that many elements into its storage (misaligned for vectors).
-torch::Tensor RunFactor(const torch::Tensor& x, const torch::Tensor& w, const std::optional<torch::Tensor>& bias,
-                        Activation activation, const KsKernelChoice& choice, int64_t y_offset = 0,
-                        bool packed_weights = true) {
+// writes into a view that many elements into its storage (misaligned for vectors). Batch-last:
+// x is [in][batch] and so is the y returned, [out][batch].
+torch::Tensor RunFactor(const torch::Tensor& x, const torch::Tensor& w,
+                        const std::optional<torch::Tensor>& bias, Activation activation,
+                        const KsKernelChoice& choice, int64_t y_offset = 0, bool packed_weights = true,
+                        BatchLayout layout = BatchLayout::kBatchFirst) {
   const KsPattern pattern{w.size(0), w.size(1), w.size(2), w.size(3)};
   const DType dtype = ToDType(x.scalar_type());
+  const bool batch_last = layout == BatchLayout::kBatchLast;
+  const int64_t batch = batch_last ? x.size(1) : x.size(0);
   const auto bytes = torch::TensorOptions().dtype(torch::kUInt8).device(x.device());
   const torch::Tensor packed = torch::empty({*PackedWeightBytes(choice, pattern, dtype)}, bytes);
   const torch::Tensor workspace =
-      torch::empty({*FactorWorkspaceBytes(choice.algorithm, pattern, x.size(0), dtype)}, bytes);
-  torch::Tensor y = torch::full({x.size(0) * pattern.out_features() + y_offset}, std::numeric_limits<float>::quiet_NaN(),
-                                x.options())
-                        .narrow(0, y_offset, x.size(0) * pattern.out_features())
-                        .view({x.size(0), pattern.out_features()});
+      torch::empty({*FactorWorkspaceBytes(choice.algorithm, pattern, batch, dtype, layout)}, bytes);
+  torch::Tensor y = torch::full({batch * pattern.out_features() + y_offset},
+                                std::numeric_limits<float>::quiet_NaN(), x.options())
+                        .narrow(0, y_offset, batch * pattern.out_features())
+                        .view(batch_last ? std::vector<int64_t>{pattern.out_features(), batch}
+                                         : std::vector<int64_t>{batch, pattern.out_features()});
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const absl::Status packed_ok =
       PackWeightsCuda(choice, pattern, dtype, w.const_data_ptr(), packed.data_ptr(), stream);
@@ -73,10 +78,11 @@ torch::Tensor RunFactor(const torch::Tensor& x, const torch::Tensor& w, const st
                               .w = w.const_data_ptr(),
                               .bias = bias.has_value() ? bias->const_data_ptr() : nullptr,
                               .y = y.mutable_data_ptr(),
-                              .batch = x.size(0),
+                              .batch = batch,
                               .pattern = pattern,
                               .dtype = dtype,
-                              .activation = activation};
+                              .activation = activation,
+                              .layout = layout};
   const void* packed_w = packed_weights ? packed.const_data_ptr() : nullptr;
   const absl::Status ran = KsFactorForwardCuda(params, choice, packed_w, workspace.data_ptr(), stream);
   EXPECT_TRUE(ran.ok()) << KernelChoiceName(choice) << ": " << ran;
@@ -143,6 +149,63 @@ TEST_F(CudaAlgorithmsTest, EveryAlgorithmMatchesFp64OnModelButterflyAndOddPatter
     for (size_t k = 0; k < cases.size(); ++k) {
       const Activation activation = static_cast<Activation>(k % 4);
       CheckAllAlgorithms(cases[k], dtype, activation, cuda_, rng);
+    }
+  }
+}
+
+// Batch-last x and y ([features][batch]) on every algorithm that takes them, and the call without
+// packed weights; the fused tiles refuse them.
+TEST_F(CudaAlgorithmsTest, BatchLastMatchesFp64) {
+  const Case cases[] = {{{6, 64, 64, 1}, 1568},  {{1, 768, 192, 2}, 197}, {{1, 128, 128, 3}, 17},
+                        {{13, 5, 7, 3}, 2},      {{4, 2, 2, 32}, 10007},  {{2, 3, 5, 96}, 196},
+                        {{3, 13, 64, 1}, 25088}, {{1, 1, 1, 1}, 1}};
+  std::mt19937 rng(std::random_device{}());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  int k = 0;
+  for (const Case& c : cases) {
+    for (const auto dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+      const Activation activation = static_cast<Activation>(k++ % 4);
+      const KsPattern& p = c.pattern;
+      const torch::Tensor w =
+          ((torch::rand({p.a, p.b, p.c, p.d}, cuda_) * 2 - 1) / std::sqrt(double(p.c))).to(dtype);
+      const torch::Tensor x = torch::randn({c.batch, p.in_features()}, cuda_).to(dtype);
+      const std::optional<torch::Tensor> bias =
+          k % 2 ? std::optional(torch::randn({p.out_features()}, cuda_).to(dtype)) : std::nullopt;
+      const std::vector<int64_t> rows = testing::SampleRows(c.batch, 48, rng);
+      const torch::Tensor index = torch::tensor(rows, torch::kInt64).to(cuda_);
+      const torch::Tensor reference = TorchChainReference(x.index_select(0, index), {w}, bias, activation);
+      const torch::Tensor x_last = x.t().contiguous();
+      const auto check = [&](const torch::Tensor& y_last, const std::string& label) {
+        const torch::Tensor y = y_last.t();
+        EXPECT_TRUE(torch::isfinite(y).all().item<bool>()) << label << " left outputs unwritten";
+        EXPECT_LE(TorchRelativeError(y.index_select(0, index), reference), Tolerance(dtype))
+            << label << " batch-last " << PatternToString(p) << " batch " << c.batch << " "
+            << c10::toString(dtype) << " activation " << static_cast<int>(activation);
+      };
+      for (const KsKernelChoice& choice : {KsKernelChoice{.algorithm = KsAlgorithm::kNaive},
+                                           KsKernelChoice{.algorithm = KsAlgorithm::kDense},
+                                           KsKernelChoice{.algorithm = KsAlgorithm::kBmm}}) {
+        check(RunFactor(x_last, w, bias, activation, choice, 0, true, BatchLayout::kBatchLast),
+              KernelChoiceName(choice));
+      }
+      torch::Tensor y_last =
+          torch::full({p.out_features(), c.batch}, std::numeric_limits<float>::quiet_NaN(), x.options());
+      KsFactorParams params{.x = x_last.const_data_ptr(),
+                            .w = w.const_data_ptr(),
+                            .bias = bias.has_value() ? bias->const_data_ptr() : nullptr,
+                            .y = y_last.mutable_data_ptr(),
+                            .batch = c.batch,
+                            .pattern = p,
+                            .dtype = ToDType(dtype),
+                            .activation = activation,
+                            .layout = BatchLayout::kBatchLast};
+      const absl::Status ran = KsFactorForwardCuda(params, stream);
+      EXPECT_TRUE(ran.ok()) << ran;
+      check(y_last, "no packed weights");
+      EXPECT_EQ(KsFactorForwardCuda(params, {.algorithm = KsAlgorithm::kFused, .tile = FusedTile::kJ1M128N64},
+                                    nullptr, nullptr, stream)
+                    .code(),
+                absl::StatusCode::kInvalidArgument);
     }
   }
 }
@@ -250,7 +313,13 @@ TEST_F(CudaAlgorithmsTest, FusedPairMatchesFp64) {
       {{3, 40, 24, 1}, {5, 24, 8, 3}},
       {{1, 16, 16, 1}, {2, 100, 8, 1}},
       {{7, 72, 40, 1}, {9, 13, 56, 1}},
-      {{5, 40, 72, 1}, {1, 50, 200, 1}}};
+      {{5, 40, 72, 1}, {1, 50, 200, 1}},
+      // Outputs through the staging at column origins off the 64-wide boxes (i2 = 1 of b2 = 132,
+      // d2 = 2) and with d2 = 1, each next to a tail chunk past b2 that is stored directly; and where
+      // i2 = 1 starts off 16 bytes (b2 = 130), so that no chunk may go through the staging.
+      {{2, 32, 24, 1}, {2, 132, 16, 2}},
+      {{1, 32, 64, 1}, {1, 296, 32, 1}},
+      {{2, 32, 24, 1}, {2, 130, 16, 2}}};
   const int64_t batches[] = {1, 17, 196, 1568, 10007, 25088};
   std::mt19937 rng(std::random_device{}());
   std::vector<PairTile> tiles = {PairTile::kRule};  // then every explicit block shape
@@ -260,7 +329,10 @@ TEST_F(CudaAlgorithmsTest, FusedPairMatchesFp64) {
     for (const auto dtype : {torch::kBFloat16, torch::kFloat16}) {
       for (const PairTile tile : tiles) {
         const int64_t batch = batches[k % std::size(batches)];
-        const Activation activation = static_cast<Activation>(k % 4);
+        // The epilogue shifts by one every pass over the tiles, so each tile meets every activation
+        // with and without a bias, whatever the number of tiles.
+        const int epilogue = k + k / static_cast<int>(tiles.size());
+        const Activation activation = static_cast<Activation>(epilogue % 4);
         ++k;
         const KsPattern& p1 = pair.first;
         const KsPattern& p2 = pair.second;
@@ -270,7 +342,7 @@ TEST_F(CudaAlgorithmsTest, FusedPairMatchesFp64) {
             ((torch::rand({p2.a, p2.b, p2.c, p2.d}, cuda_) * 2 - 1) / std::sqrt(double(p2.c))).to(dtype);
         const torch::Tensor x = torch::randn({batch, p1.in_features()}, cuda_).to(dtype);
         const std::optional<torch::Tensor> bias =
-            k % 2 ? std::optional(torch::randn({p2.out_features()}, cuda_).to(dtype)) : std::nullopt;
+            epilogue % 2 ? std::optional(torch::randn({p2.out_features()}, cuda_).to(dtype)) : std::nullopt;
         const std::optional<torch::Tensor> fused = RunFusedPair(x, w1, w2, bias, activation, tile);
         if (!fused.has_value()) continue;  // this block shape's intermediate exceeds shared memory
         const torch::Tensor& y = *fused;

@@ -60,9 +60,15 @@ TEST_F(CudaTest, ChainsMatchFp64ReferenceForEveryDTypeAndEpilogue) {
         absl::StatusOr<torch::Tensor> y = KsChainForward(x, weights, bias, activation);
         ASSERT_TRUE(y.ok()) << y.status();
         ASSERT_TRUE(y->is_cuda());
-        EXPECT_LE(TorchRelativeError(*y, TorchChainReference(x, weights, bias, activation)), Tolerance(dtype))
+        const torch::Tensor reference = TorchChainReference(x, weights, bias, activation);
+        EXPECT_LE(TorchRelativeError(*y, reference), Tolerance(dtype))
             << c10::toString(dtype) << " " << c10::str(patterns) << " batch " << batch << " activation "
             << static_cast<int>(activation);
+        absl::StatusOr<torch::Tensor> y_last =
+            KsChainForward(x.t().contiguous(), weights, bias, activation, kernels::BatchLayout::kBatchLast);
+        ASSERT_TRUE(y_last.ok()) << y_last.status();
+        EXPECT_LE(TorchRelativeError(y_last->t(), reference), Tolerance(dtype))
+            << "batch-last " << c10::toString(dtype) << " " << c10::str(patterns) << " batch " << batch;
       }
     }
   }

@@ -47,6 +47,19 @@ std::vector<KsPattern> Butterfly(int64_t log2n) {
 
 double Tolerance(DType dtype) { return dtype == DType::kFloat32 ? 1e-5 : 1e-2; }
 
+// A row-major (rows × columns) matrix of `element_bytes` elements, transposed.
+std::vector<uint8_t> TransposedBits(const std::vector<uint8_t>& bits, int64_t rows, int64_t columns,
+                                    int64_t element_bytes) {
+  std::vector<uint8_t> out(bits.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < columns; ++c) {
+      std::copy_n(bits.begin() + (r * columns + c) * element_bytes, element_bytes,
+                  out.begin() + (c * rows + r) * element_bytes);
+    }
+  }
+  return out;
+}
+
 class KsChainCpuTest : public ::testing::TestWithParam<ChainCase> {};
 
 TEST_P(KsChainCpuTest, EveryDTypeAndEpilogueMatchesFp64Reference) {
@@ -89,6 +102,23 @@ TEST_P(KsChainCpuTest, EveryDTypeAndEpilogueMatchesFp64Reference) {
           KsChainReference(x.values, test.batch, test.chain, weight_values, with_bias ? &bias.values : nullptr, activation);
       const std::vector<double> got = testing::TypedToDouble(dtype, y.bits.data(), test.batch * out);
       EXPECT_LE(RelativeError(got, ref), Tolerance(dtype));  // NaN (an unwritten output) fails too
+
+      // The same chain batch-last: x, the intermediates and y as [features][batch].
+      const std::vector<uint8_t> x_last = TransposedBits(x.bits, test.batch, in, DTypeSize(dtype));
+      TypedBuffer y_last = testing::PoisonedTyped(dtype, test.batch * out);
+      const absl::StatusOr<int64_t> workspace_last_bytes =
+          ChainWorkspaceBytes(test.chain, test.batch, dtype, BatchLayout::kBatchLast);
+      ASSERT_TRUE(workspace_last_bytes.ok()) << workspace_last_bytes.status();
+      std::vector<uint8_t> workspace_last(static_cast<size_t>(*workspace_last_bytes));
+      params.x = x_last.data();
+      params.y = y_last.bits.data();
+      params.workspace = workspace_last.data();
+      params.layout = BatchLayout::kBatchLast;
+      ASSERT_TRUE(KsChainForwardCpu(params).ok());
+      const std::vector<uint8_t> y_first = TransposedBits(y_last.bits, out, test.batch, DTypeSize(dtype));
+      EXPECT_LE(RelativeError(testing::TypedToDouble(dtype, y_first.data(), test.batch * out), ref),
+                Tolerance(dtype))
+          << "batch-last";
     }
   }
 }
@@ -101,7 +131,8 @@ INSTANTIATE_TEST_SUITE_P(
                       ChainCase{"vit_attention", {{2, 48, 192, 1}, {1, 192, 48, 2}}, 3},
                       ChainCase{"vit_mlp_up", {{6, 64, 64, 1}, {1, 768, 192, 2}}, 2},
                       ChainCase{"vit_mlp_down", {{6, 64, 256, 1}, {1, 128, 128, 3}}, 2},
-                      ChainCase{"butterfly_64", Butterfly(6), 5}),
+                      ChainCase{"butterfly_64", Butterfly(6), 5},
+                      ChainCase{"batch_past_a_block", {{3, 4, 5, 2}, {2, 3, 6, 2}}, 300}),
     [](const ::testing::TestParamInfo<ChainCase>& info) { return info.param.name; });
 
 // A deterministic sample of the paper's 648 patterns (every 27th), at every batch size of the
@@ -170,6 +201,12 @@ TEST(KsChainTest, WorkspaceIsSizedForTheWidestIntermediate) {
   EXPECT_EQ(*ChainWorkspaceBytes({{2, 48, 192, 1}}, 7, DType::kFloat32), 0);
   EXPECT_EQ(*ChainWorkspaceBytes({{6, 64, 64, 1}, {1, 768, 192, 2}}, 7, DType::kBFloat16), 7 * 384 * 2);
   EXPECT_EQ(*ChainWorkspaceBytes(Butterfly(4), 3, DType::kFloat32), 2 * 3 * 16 * 4);
+  // Batch-last: then the largest factor with d > 1, grouped, from the next 256-byte boundary.
+  EXPECT_EQ(
+      *ChainWorkspaceBytes({{6, 64, 64, 1}, {1, 768, 192, 2}}, 7, DType::kBFloat16, BatchLayout::kBatchLast),
+      7 * 384 * 2 + 768 * 192 * 2 * 2);  // 5376 is already a multiple of 256
+  EXPECT_EQ(*ChainWorkspaceBytes({{2, 48, 192, 1}}, 7, DType::kFloat32, BatchLayout::kBatchLast), 0);
+  EXPECT_EQ(*ChainWorkspaceBytes({{1, 3, 5, 2}}, 1, DType::kFloat32, BatchLayout::kBatchLast), 3 * 5 * 2 * 4);
 }
 
 TEST(KsChainTest, MissingWorkspaceOrWeightsAreErrors) {
@@ -203,6 +240,13 @@ TEST(KsFactorParamsTest, RejectsBadBatchNullPointersAndOverflow) {
   EXPECT_EQ(KsFactorForwardCpu(params).code(), absl::StatusCode::kInvalidArgument);
   params = {.x = buffer, .w = buffer, .y = buffer, .batch = 1, .pattern = {int64_t{1} << 31, int64_t{1} << 31, 2, 1}};
   EXPECT_EQ(KsFactorForwardCpu(params).code(), absl::StatusCode::kInvalidArgument);  // weight bytes overflow
+  params = {.x = buffer,
+            .w = buffer,
+            .y = buffer,
+            .batch = 1,
+            .pattern = {1, 1, 1, 1},
+            .layout = static_cast<BatchLayout>(7)};
+  EXPECT_EQ(KsFactorForwardCpu(params).code(), absl::StatusCode::kInvalidArgument);  // unknown layout
 }
 
 TEST(HalfTest, ConversionsRoundToNearestEven) {
@@ -311,6 +355,15 @@ TEST(KsKernelChoiceTest, CandidatesFollowDTypeAndD) {
   EXPECT_THAT(names({1, 64, 64, 64}, DType::kBFloat16), Contains("fused/mma-j8m32n32"));
   // The densified matrix of (64,1024,1024,64) would take 16 GiB: never a candidate.
   EXPECT_THAT(names({64, 1024, 1024, 64}, DType::kFloat32), Not(Contains("dense")));
+  // Batch-last: the cuBLAS algorithms only (the fused tiles read batch-first x).
+  std::vector<std::string> batch_last;
+  for (const KsKernelChoice& choice :
+       KernelCandidates({6, 64, 64, 2}, DType::kBFloat16, options, BatchLayout::kBatchLast)) {
+    EXPECT_TRUE(KernelTakesLayout(choice, BatchLayout::kBatchLast));
+    batch_last.push_back(KernelChoiceName(choice));
+  }
+  EXPECT_THAT(batch_last, ::testing::UnorderedElementsAre("bmm", "dense"));
+  EXPECT_FALSE(KernelTakesLayout({.algorithm = KsAlgorithm::kFused}, BatchLayout::kBatchLast));
 }
 
 TEST(KsPackedLayoutTest, SizesPerAlgorithm) {
@@ -330,6 +383,7 @@ TEST(KsPackedLayoutTest, SizesPerAlgorithm) {
   EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kBmm, p, 11, DType::kFloat16), 1024 + 11 * (3 * 5 * 2) * 2);
   EXPECT_EQ(BmmOutputOffset(128, p, DType::kFloat32), 128 * 42 * 4);  // already aligned
   EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kFused, p, 11, DType::kFloat16), 0);
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kBmm, p, 11, DType::kFloat16, BatchLayout::kBatchLast), 0);
   EXPECT_EQ(
       PackedWeightBytes(dense, {int64_t{1} << 20, 1 << 20, 1, 1 << 20}, DType::kFloat32).status().code(),
       absl::StatusCode::kInvalidArgument);
@@ -384,12 +438,16 @@ TEST(KsAutotuneTest, CacheRoundTripsThroughItsFileAndRejectsBadLines) {
                       .dtype = DType::kBFloat16};
   const KsTuneKey other{.device = "NVIDIA H100 80GB HBM3", .pattern = {6, 64, 64, 1}, .batch_class = 0,
                         .dtype = DType::kBFloat16};
+  KsTuneKey vit_batch_last = vit;
+  vit_batch_last.layout = BatchLayout::kBatchLast;
   cache.Insert(vit, {.algorithm = KsAlgorithm::kFused, .tile = FusedTile::kJ4M64N64});
   cache.Insert(other, {.algorithm = KsAlgorithm::kBmm});
+  cache.Insert(vit_batch_last, {.algorithm = KsAlgorithm::kDense});
   ASSERT_TRUE(cache.Save(path).ok());
   absl::StatusOr<KsAutotuneCache> loaded = KsAutotuneCache::Load(path);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  EXPECT_EQ(loaded->size(), 2u);
+  EXPECT_EQ(loaded->size(), 3u);
+  EXPECT_EQ(KernelChoiceName(*loaded->Find(vit_batch_last)), "dense");  // its own entry per layout
   ASSERT_TRUE(loaded->Find(vit).has_value());
   EXPECT_EQ(KernelChoiceName(*loaded->Find(vit)), "fused/j4m64n64");
   EXPECT_EQ(KernelChoiceName(*loaded->Find(other)), "bmm");
@@ -398,23 +456,27 @@ TEST(KsAutotuneTest, CacheRoundTripsThroughItsFileAndRejectsBadLines) {
   // The header line of the saved file, then one bad line each.
   std::string header;
   std::getline(std::ifstream(path), header);
-  ASSERT_EQ(header.rfind("# ksserve KS autotune cache v1", 0), 0u) << header;
-  for (const char* bad : {"dev\t1,2,3\t0\tfloat32\tbmm\n", "dev\t1,2,3,4\t9\tfloat32\tbmm\n",
-                          "dev\t1,2,3,4\t0\tfloat64\tbmm\n", "dev\t1,2,3,4\t0\tfloat32\tfast\n",
-                          "dev\t0,2,3,4\t0\tfloat32\tbmm\n", "just one field\n"}) {
+  ASSERT_EQ(header.rfind("# ksserve KS autotune cache v2", 0), 0u) << header;
+  for (const char* bad :
+       {"dev\t1,2,3\t0\tfloat32\tbatch-first\tbmm\n", "dev\t1,2,3,4\t9\tfloat32\tbatch-first\tbmm\n",
+        "dev\t1,2,3,4\t0\tfloat64\tbatch-first\tbmm\n", "dev\t1,2,3,4\t0\tfloat32\tbatch-first\tfast\n",
+        "dev\t0,2,3,4\t0\tfloat32\tbatch-first\tbmm\n", "dev\t1,2,3,4\t0\tfloat32\tsideways\tbmm\n",
+        "dev\t1,2,3,4\t0\tfloat32\tbmm\n", "just one field\n"}) {
     std::ofstream(path, std::ios::trunc) << header << "\n" << bad;
     absl::StatusOr<KsAutotuneCache> rejected = KsAutotuneCache::Load(path);
     EXPECT_EQ(rejected.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_NE(rejected.status().message().find(":2:"), std::string::npos) << rejected.status();
   }
   // Lines ending in CRLF read the same.
-  std::ofstream(path, std::ios::trunc) << header << "\r\nNVIDIA H100 80GB HBM3\t6,64,64,1\t5\tbfloat16\tbmm\r\n";
+  std::ofstream(path, std::ios::trunc)
+      << header << "\r\nNVIDIA H100 80GB HBM3\t6,64,64,1\t5\tbfloat16\tbatch-first\tbmm\r\n";
   absl::StatusOr<KsAutotuneCache> crlf = KsAutotuneCache::Load(path);
   ASSERT_TRUE(crlf.ok()) << crlf.status();
   ASSERT_TRUE(crlf->Find(vit).has_value());
   EXPECT_EQ(KernelChoiceName(*crlf->Find(vit)), "bmm");
   // Another version, or a file that is not a cache at all, is refused as a whole.
-  for (const char* foreign : {"# ksserve KS autotune cache v0\n", "dev\t1,2,3,4\t0\tfloat32\tbmm\n"}) {
+  for (const char* foreign : {"# ksserve KS autotune cache v1: device\tpattern\tbatch_class\tdtype\tkernel\n",
+                              "dev\t1,2,3,4\t0\tfloat32\tbatch-first\tbmm\n"}) {
     std::ofstream(path, std::ios::trunc) << foreign;
     EXPECT_EQ(KsAutotuneCache::Load(path).status().code(), absl::StatusCode::kFailedPrecondition) << foreign;
   }

@@ -29,8 +29,17 @@ TEST(KsChainForwardTest, MatchesTorchFp64OnCpuForEveryDType) {
         absl::StatusOr<torch::Tensor> y = KsChainForward(x, weights, bias, activation);
         ASSERT_TRUE(y.ok()) << y.status();
         EXPECT_EQ(y->scalar_type(), dtype);
-        EXPECT_LE(TorchRelativeError(*y, TorchChainReference(x, weights, bias, activation)), dtype == torch::kFloat32 ? 1e-5 : 1e-2)
-            << c10::toString(dtype) << " " << c10::str(patterns) << " activation " << static_cast<int>(activation);
+        const torch::Tensor reference = TorchChainReference(x, weights, bias, activation);
+        EXPECT_LE(TorchRelativeError(*y, reference), dtype == torch::kFloat32 ? 1e-5 : 1e-2)
+            << c10::toString(dtype) << " " << c10::str(patterns) << " activation "
+            << static_cast<int>(activation);
+        // Batch-last: x and y as [features, batch].
+        absl::StatusOr<torch::Tensor> y_last =
+            KsChainForward(x.t().contiguous(), weights, bias, activation, kernels::BatchLayout::kBatchLast);
+        ASSERT_TRUE(y_last.ok()) << y_last.status();
+        EXPECT_TRUE(y_last->is_contiguous());
+        EXPECT_LE(TorchRelativeError(y_last->t(), reference), dtype == torch::kFloat32 ? 1e-5 : 1e-2)
+            << "batch-last " << c10::toString(dtype) << " " << c10::str(patterns);
       }
     }
   }
@@ -90,6 +99,11 @@ TEST(KsFactorForwardTest, RejectsBadTensorsWithClearErrors) {
     EXPECT_EQ(y.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(y.status().message().find(bad.expected_message), std::string::npos) << y.status();
   }
+  // Batch-last wants [features, batch].
+  const absl::StatusOr<torch::Tensor> rotated =
+      KsFactorForward(x, w, std::nullopt, Activation::kNone, kernels::BatchLayout::kBatchLast);
+  ASSERT_FALSE(rotated.ok());
+  EXPECT_NE(rotated.status().message().find("x must be [40, batch]"), std::string::npos) << rotated.status();
   const absl::StatusOr<torch::Tensor> mismatched = KsChainForward(x, {w, torch::randn({1, 4, 4, 1})});
   EXPECT_EQ(mismatched.status().code(), absl::StatusCode::kInvalidArgument);
 }
