@@ -235,6 +235,9 @@ absl::StatusOr<KsAutotuneCache> KsAutotuneCache::Load(const std::string& path) {
                                                                        : BatchLayout::kBatchFirst;
     absl::StatusOr<KsKernelChoice> choice = ParseKernelChoice(fields[5]);
     if (!choice.ok()) return error(choice.status().message());
+    if (!KernelTakesLayout(*choice, key.layout)) {
+      return error(absl::StrFormat("%s does not take %s x", fields[5], fields[4]));
+    }
     cache.Insert(key, *choice);
   }
   return cache;

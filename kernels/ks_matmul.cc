@@ -152,19 +152,24 @@ void FactorCpuInLayout(const KsFactorParams& p) {
 int64_t ChainPackedOffset(int64_t intermediate_bytes) { return (intermediate_bytes + 255) / 256 * 256; }
 
 // Runs a chain as factor calls through factor(params, scratch), ping-ponging intermediates in the
-// workspace; `scratch` is the workspace past them (ChainWorkspaceBytes sized it for the layout).
+// workspace; `scratch` is the workspace past them (ChainWorkspaceBytes sized it for the layout), or
+// null where the path needs none (uses_scratch false: the CPU).
 template <typename FactorFn>
-absl::Status RunChain(const KsChainParams& p, FactorFn factor) {
-  const absl::StatusOr<int64_t> intermediate_bytes = ChainWorkspaceBytes(p.patterns, p.batch, p.dtype);
+absl::Status RunChain(const KsChainParams& p, bool uses_scratch, FactorFn factor) {
+  const absl::StatusOr<int64_t> intermediate_bytes =
+      ChainWorkspaceBytes(p.patterns, p.batch, p.dtype, BatchLayout::kBatchFirst);
   if (!intermediate_bytes.ok()) return intermediate_bytes.status();  // also validates the chain
-  const absl::StatusOr<int64_t> workspace_bytes = ChainWorkspaceBytes(p.patterns, p.batch, p.dtype, p.layout);
+  const absl::StatusOr<int64_t> workspace_bytes =
+      uses_scratch ? ChainWorkspaceBytes(p.patterns, p.batch, p.dtype, p.layout) : intermediate_bytes;
   if (!workspace_bytes.ok()) return workspace_bytes.status();
   if (p.weights.size() != p.patterns.size()) {
     return absl::InvalidArgumentError(absl::StrFormat("%d weight tensors for a chain of %d factors",
                                                       p.weights.size(), p.patterns.size()));
   }
   if (*workspace_bytes > 0 && p.batch > 0 && p.workspace == nullptr) {
-    return absl::InvalidArgumentError("a chain of several factors needs a workspace");
+    return absl::InvalidArgumentError(
+        absl::StrFormat("this %s chain needs a workspace of %d bytes (ChainWorkspaceBytes)",
+                        BatchLayoutName(p.layout), *workspace_bytes));
   }
   const size_t last = p.patterns.size() - 1;
   const int64_t half = *intermediate_bytes / 2;  // two ping-pong buffers when there are ≥ 3 factors
@@ -648,7 +653,11 @@ absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, i
   // largest of them after the intermediates.
   int64_t grouped = 0;
   for (const KsPattern& p : chain) {
-    if (p.d > 1) grouped = std::max(grouped, p.nonzeros() * DTypeSize(dtype));
+    int64_t weight_bytes = 0;
+    if (p.d > 1 && MulOverflows(p.nonzeros(), DTypeSize(dtype), &weight_bytes)) {
+      return absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
+    }
+    grouped = std::max(grouped, weight_bytes);
   }
   if (grouped == 0) return bytes;
   int64_t total = 0;
@@ -659,14 +668,15 @@ absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, i
 }
 
 absl::Status KsChainForwardCpu(const KsChainParams& params) {
-  return RunChain(params, [](const KsFactorParams& factor, void*) { return KsFactorForwardCpu(factor); });
+  return RunChain(params, /*uses_scratch=*/false,
+                  [](const KsFactorParams& factor, void*) { return KsFactorForwardCpu(factor); });
 }
 
 absl::Status KsChainForwardCuda(const KsChainParams& params, CudaStream stream) {
-  return RunChain(params, [stream](const KsFactorParams& factor, void* scratch) {
+  return RunChain(params, /*uses_scratch=*/true, [stream](const KsFactorParams& factor, void* scratch) {
     // Batch-last factors with d > 1: bmm on weights grouped into the scratch (a pass over the
-    // weights per call), not the naive kernel that needs none.
-    if (factor.layout == BatchLayout::kBatchLast && factor.pattern.d > 1) {
+    // weights per call), not the naive kernel that needs none. An empty batch has nothing to run.
+    if (factor.layout == BatchLayout::kBatchLast && factor.pattern.d > 1 && factor.batch > 0) {
       const KsKernelChoice bmm{.algorithm = KsAlgorithm::kBmm};
       if (absl::Status s = PackWeightsCuda(bmm, factor.pattern, factor.dtype, factor.w, scratch, stream);
           !s.ok()) {

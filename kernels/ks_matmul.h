@@ -92,9 +92,10 @@ struct KsChainParams {
   BatchLayout layout = BatchLayout::kBatchFirst;  // of x, y and the intermediates
 };
 
-// Batch-last adds room for one factor's weights grouped per call (CUDA runs those with d > 1 as bmm).
+// The workspace a chain in `layout` needs: its intermediates and, batch-last, room for one factor's
+// weights grouped per call (KsChainForwardCuda runs those with d > 1 as bmm; the CPU needs none).
 absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, int64_t batch, DType dtype,
-                                            BatchLayout layout = BatchLayout::kBatchFirst);
+                                            BatchLayout layout);
 absl::Status KsChainForwardCpu(const KsChainParams& params);
 absl::Status KsChainForwardCuda(const KsChainParams& params, CudaStream stream);
 

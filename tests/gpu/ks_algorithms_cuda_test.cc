@@ -164,13 +164,15 @@ TEST_F(CudaAlgorithmsTest, BatchLastMatchesFp64) {
   int k = 0;
   for (const Case& c : cases) {
     for (const auto dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
-      const Activation activation = static_cast<Activation>(k++ % 4);
+      // Every activation with and without a bias, over the 24 calls.
+      const int epilogue = k++;
+      const Activation activation = static_cast<Activation>(epilogue % 4);
       const KsPattern& p = c.pattern;
       const torch::Tensor w =
           ((torch::rand({p.a, p.b, p.c, p.d}, cuda_) * 2 - 1) / std::sqrt(double(p.c))).to(dtype);
       const torch::Tensor x = torch::randn({c.batch, p.in_features()}, cuda_).to(dtype);
       const std::optional<torch::Tensor> bias =
-          k % 2 ? std::optional(torch::randn({p.out_features()}, cuda_).to(dtype)) : std::nullopt;
+          epilogue / 4 % 2 ? std::optional(torch::randn({p.out_features()}, cuda_).to(dtype)) : std::nullopt;
       const std::vector<int64_t> rows = testing::SampleRows(c.batch, 48, rng);
       const torch::Tensor index = torch::tensor(rows, torch::kInt64).to(cuda_);
       const torch::Tensor reference = TorchChainReference(x.index_select(0, index), {w}, bias, activation);

@@ -84,7 +84,8 @@ TEST_P(KsChainCpuTest, EveryDTypeAndEpilogueMatchesFp64Reference) {
       }
       const TypedBuffer bias = RandomTyped(dtype, out, -1, 1, rng);
       TypedBuffer y = testing::PoisonedTyped(dtype, test.batch * out);
-      const absl::StatusOr<int64_t> workspace_bytes = ChainWorkspaceBytes(test.chain, test.batch, dtype);
+      const absl::StatusOr<int64_t> workspace_bytes =
+          ChainWorkspaceBytes(test.chain, test.batch, dtype, BatchLayout::kBatchFirst);
       ASSERT_TRUE(workspace_bytes.ok()) << workspace_bytes.status();
       std::vector<uint8_t> workspace(static_cast<size_t>(*workspace_bytes));
 
@@ -106,13 +107,10 @@ TEST_P(KsChainCpuTest, EveryDTypeAndEpilogueMatchesFp64Reference) {
       // The same chain batch-last: x, the intermediates and y as [features][batch].
       const std::vector<uint8_t> x_last = TransposedBits(x.bits, test.batch, in, DTypeSize(dtype));
       TypedBuffer y_last = testing::PoisonedTyped(dtype, test.batch * out);
-      const absl::StatusOr<int64_t> workspace_last_bytes =
-          ChainWorkspaceBytes(test.chain, test.batch, dtype, BatchLayout::kBatchLast);
-      ASSERT_TRUE(workspace_last_bytes.ok()) << workspace_last_bytes.status();
-      std::vector<uint8_t> workspace_last(static_cast<size_t>(*workspace_last_bytes));
+      // The CPU needs only the intermediates in either layout (none for one factor: no workspace).
       params.x = x_last.data();
       params.y = y_last.bits.data();
-      params.workspace = workspace_last.data();
+      params.workspace = workspace.empty() ? nullptr : workspace.data();
       params.layout = BatchLayout::kBatchLast;
       ASSERT_TRUE(KsChainForwardCpu(params).ok());
       const std::vector<uint8_t> y_first = TransposedBits(y_last.bits, out, test.batch, DTypeSize(dtype));
@@ -198,9 +196,11 @@ TEST(KsChainTest, RejectsMismatchedAndEmptyChains) {
 
 TEST(KsChainTest, WorkspaceIsSizedForTheWidestIntermediate) {
   // One buffer for two factors, two ping-pong buffers for more; none for one.
-  EXPECT_EQ(*ChainWorkspaceBytes({{2, 48, 192, 1}}, 7, DType::kFloat32), 0);
-  EXPECT_EQ(*ChainWorkspaceBytes({{6, 64, 64, 1}, {1, 768, 192, 2}}, 7, DType::kBFloat16), 7 * 384 * 2);
-  EXPECT_EQ(*ChainWorkspaceBytes(Butterfly(4), 3, DType::kFloat32), 2 * 3 * 16 * 4);
+  EXPECT_EQ(*ChainWorkspaceBytes({{2, 48, 192, 1}}, 7, DType::kFloat32, BatchLayout::kBatchFirst), 0);
+  EXPECT_EQ(
+      *ChainWorkspaceBytes({{6, 64, 64, 1}, {1, 768, 192, 2}}, 7, DType::kBFloat16, BatchLayout::kBatchFirst),
+      7 * 384 * 2);
+  EXPECT_EQ(*ChainWorkspaceBytes(Butterfly(4), 3, DType::kFloat32, BatchLayout::kBatchFirst), 2 * 3 * 16 * 4);
   // Batch-last: then the largest factor with d > 1, grouped, from the next 256-byte boundary.
   EXPECT_EQ(
       *ChainWorkspaceBytes({{6, 64, 64, 1}, {1, 768, 192, 2}}, 7, DType::kBFloat16, BatchLayout::kBatchLast),
@@ -461,7 +461,8 @@ TEST(KsAutotuneTest, CacheRoundTripsThroughItsFileAndRejectsBadLines) {
        {"dev\t1,2,3\t0\tfloat32\tbatch-first\tbmm\n", "dev\t1,2,3,4\t9\tfloat32\tbatch-first\tbmm\n",
         "dev\t1,2,3,4\t0\tfloat64\tbatch-first\tbmm\n", "dev\t1,2,3,4\t0\tfloat32\tbatch-first\tfast\n",
         "dev\t0,2,3,4\t0\tfloat32\tbatch-first\tbmm\n", "dev\t1,2,3,4\t0\tfloat32\tsideways\tbmm\n",
-        "dev\t1,2,3,4\t0\tfloat32\tbmm\n", "just one field\n"}) {
+        "dev\t1,2,3,4\t0\tfloat32\tbmm\n", "just one field\n",
+        "dev\t1,2,3,4\t0\tfloat32\tbatch-last\tfused/j1m128n128\n"}) {  // a tile that reads batch-first x
     std::ofstream(path, std::ios::trunc) << header << "\n" << bad;
     absl::StatusOr<KsAutotuneCache> rejected = KsAutotuneCache::Load(path);
     EXPECT_EQ(rejected.status().code(), absl::StatusCode::kInvalidArgument) << bad;
