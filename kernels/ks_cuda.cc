@@ -73,24 +73,10 @@ cudaDataType_t CudaType(DType dtype) {
   return CUDA_R_32F;
 }
 
-bool FitsInt(std::initializer_list<int64_t> values) {
-  for (int64_t v : values) {
-    if (v > std::numeric_limits<int>::max()) return false;
-  }
-  return true;
-}
-
 absl::Status CublasSizes(const KsFactorParams& p, KsAlgorithm algorithm) {
-  const KsPattern& k = p.pattern;
-  const bool batch_last = p.layout == BatchLayout::kBatchLast;
-  const bool fits =
-      algorithm == KsAlgorithm::kDense
-          ? FitsInt({p.batch, k.in_features(), k.out_features()})
-          : FitsInt({p.batch, k.a * k.d, k.in_features(), k.out_features(),
-                     batch_last ? p.batch * k.d : p.batch * k.b, batch_last ? 0 : p.batch * k.c});
-  if (fits) return absl::OkStatus();
+  if (CublasSizesFit(p, algorithm)) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrFormat("pattern %s at batch %d exceeds cuBLAS's 32-bit sizes",
-                                                    PatternToString(k), p.batch));
+                                                    PatternToString(p.pattern), p.batch));
 }
 
 // y = act(y + bias) after a cuBLAS product, in the call's layout.

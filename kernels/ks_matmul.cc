@@ -526,6 +526,22 @@ absl::StatusOr<int64_t> PackedWeightBytes(const KsKernelChoice& choice, const Ks
   return absl::InvalidArgumentError("unknown algorithm");
 }
 
+bool CublasSizesFit(const KsFactorParams& params, KsAlgorithm algorithm) {
+  const KsPattern& k = params.pattern;
+  const int64_t n = params.batch;
+  const auto fit = [](std::initializer_list<int64_t> sizes) {
+    return std::all_of(sizes.begin(), sizes.end(),
+                       [](int64_t v) { return v <= std::numeric_limits<int>::max(); });
+  };
+  if (algorithm == KsAlgorithm::kDense) return fit({n, k.in_features(), k.out_features()});
+  // bmm: batch and group counts, the row lengths, and the leading dimensions of its layout.
+  int64_t nd = 0, nb = 0, nc = 0;
+  if (MulOverflows(n, k.d, &nd) || MulOverflows(n, k.b, &nb) || MulOverflows(n, k.c, &nc)) return false;
+  return params.layout == BatchLayout::kBatchLast
+             ? fit({n, k.a * k.d, k.in_features(), k.out_features(), nd})
+             : fit({n, k.a * k.d, k.in_features(), k.out_features(), nb, nc});
+}
+
 absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsPattern& pattern, int64_t batch,
                                              DType dtype, BatchLayout layout) {
   const KsFactorParams probe{.batch = batch, .pattern = pattern, .dtype = dtype, .layout = layout};
@@ -547,10 +563,13 @@ int64_t BmmOutputOffset(int64_t batch, const KsPattern& pattern, DType dtype) {
 }
 
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream) {
-  // Batch-last without packed weights: bmm where it reads w in place (d = 1), else the naive kernel.
+  if (absl::Status s = ValidateFactorParams(params); !s.ok()) return s;  // before sizing anything
+  // Batch-last without packed weights: bmm where it reads w in place (d = 1) and cuBLAS takes the
+  // sizes, else the naive kernel.
+  const bool bmm_in_place = params.pattern.d == 1 && CublasSizesFit(params, KsAlgorithm::kBmm);
   const KsKernelChoice choice =
       params.layout == BatchLayout::kBatchLast
-          ? KsKernelChoice{.algorithm = params.pattern.d == 1 ? KsAlgorithm::kBmm : KsAlgorithm::kNaive}
+          ? KsKernelChoice{.algorithm = bmm_in_place ? KsAlgorithm::kBmm : KsAlgorithm::kNaive}
           : KsKernelChoice{.algorithm = KsAlgorithm::kFused,
                            .tile = DefaultFusedTile(params.pattern, params.batch, params.dtype)};
   return KsFactorForwardCuda(params, choice, nullptr, nullptr, stream);
@@ -675,8 +694,10 @@ absl::Status KsChainForwardCpu(const KsChainParams& params) {
 absl::Status KsChainForwardCuda(const KsChainParams& params, CudaStream stream) {
   return RunChain(params, /*uses_scratch=*/true, [stream](const KsFactorParams& factor, void* scratch) {
     // Batch-last factors with d > 1: bmm on weights grouped into the scratch (a pass over the
-    // weights per call), not the naive kernel that needs none. An empty batch has nothing to run.
-    if (factor.layout == BatchLayout::kBatchLast && factor.pattern.d > 1 && factor.batch > 0) {
+    // weights per call), not the naive kernel that needs none; naive where the batch is empty or
+    // past cuBLAS's sizes.
+    if (factor.layout == BatchLayout::kBatchLast && factor.pattern.d > 1 && factor.batch > 0 &&
+        CublasSizesFit(factor, KsAlgorithm::kBmm)) {
       const KsKernelChoice bmm{.algorithm = KsAlgorithm::kBmm};
       if (absl::Status s = PackWeightsCuda(bmm, factor.pattern, factor.dtype, factor.w, scratch, stream);
           !s.ok()) {

@@ -69,6 +69,9 @@ absl::StatusOr<int64_t> PackedWeightBytes(const KsKernelChoice& choice, const Ks
                                           DType dtype);
 absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsPattern& pattern, int64_t batch,
                                              DType dtype, BatchLayout layout = BatchLayout::kBatchFirst);
+// Whether cuBLAS's 32-bit sizes and leading dimensions hold this call for kDense or kBmm (they
+// refuse it otherwise; naive and the fused tiles take any size).
+bool CublasSizesFit(const KsFactorParams& params, KsAlgorithm algorithm);
 // Where the bmm algorithm's grouped output starts in its workspace (after grouped x, 256-aligned).
 int64_t BmmOutputOffset(int64_t batch, const KsPattern& pattern, DType dtype);
 absl::Status PackWeightsCuda(const KsKernelChoice& choice, const KsPattern& pattern, DType dtype,

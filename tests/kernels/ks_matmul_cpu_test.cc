@@ -391,6 +391,24 @@ TEST(KsPackedLayoutTest, SizesPerAlgorithm) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// cuBLAS takes 32-bit sizes and leading dimensions: bmm's batch-last ones are batch·d, its
+// batch-first ones batch·b and batch·c; past them the dispatch falls back to kernels that take any size.
+TEST(KsCublasSizesTest, LeadingDimensionsOfEachLayoutAreChecked) {
+  const int64_t past_int = int64_t{1} << 31;
+  KsFactorParams params{
+      .batch = (past_int >> 1) + 1, .pattern = {1, 1, 1, 2}, .layout = BatchLayout::kBatchLast};
+  EXPECT_FALSE(CublasSizesFit(params, KsAlgorithm::kBmm));   // ld = batch·d = 2^31 + 2
+  EXPECT_TRUE(CublasSizesFit(params, KsAlgorithm::kDense));  // ld = batch
+  params.layout = BatchLayout::kBatchFirst;
+  EXPECT_TRUE(CublasSizesFit(params, KsAlgorithm::kBmm));  // batch·b and batch·c fit
+  params.pattern = {1, 2, 1, 2};
+  EXPECT_FALSE(CublasSizesFit(params, KsAlgorithm::kBmm));  // batch·b does not
+  params.batch = past_int;
+  EXPECT_FALSE(CublasSizesFit(params, KsAlgorithm::kDense));
+  params = {.batch = 1568, .pattern = {1, 768, 192, 4}, .layout = BatchLayout::kBatchLast};
+  EXPECT_TRUE(CublasSizesFit(params, KsAlgorithm::kBmm));
+}
+
 // Every block of the fused kernels' grid decodes to a distinct (i, j-group, r-tile, n-tile).
 TEST(BlockOrderTest, DecodeIsABijectionForEveryGroupingOfJ) {
   for (const auto& [pattern, batch, jt] : std::vector<std::tuple<KsPattern, int64_t, int>>{
