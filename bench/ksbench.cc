@@ -288,15 +288,16 @@ int Run() {
     csv << absl::StrFormat(" gemm_%s_TFLOPs=%.2f", kernels::DTypeName(dtype),
                            ceilings.gemm_flops_per_s[static_cast<int>(dtype)] / 1e12);
   }
-  csv << "\nsource,a,b,c,d,batch,dtype,floor_ms,dense_ms,bmm_ms,baseline_ms,best_fused,best_fused_ms,rule_"
-         "fused_ms,"
-         "dispatched,dispatched_first_ms,baseline_retimed_ms,dispatched_ms,speedup,pct_floor,correct,max_"
-         "error,"
-         "batch_last_pick,batch_last_ms,batch_last_speedup\n";
+  csv << "\nsource,a,b,c,d,batch,dtype,floor_ms,dense_ms,bmm_ms,baseline_ms,best_fused,best_fused_ms,"
+         "rule_fused_ms,dispatched,dispatched_first_ms,baseline_retimed_ms,dispatched_ms,speedup,"
+         "pct_floor,correct,max_error,batch_last_pick,batch_last_ms,batch_last_speedup\n";
 
   kernels::KsTuneOptions options;
   options.repetitions = absl::GetFlag(FLAGS_repetitions);
   options.max_dense_weight_bytes = static_cast<int64_t>(absl::GetFlag(FLAGS_max_dense_weight_gib) * (1 << 30));
+  // The second, independent timing of a pick and of what it is compared with.
+  kernels::KsTuneOptions retime = options;
+  retime.repetitions = 2 * options.repetitions + 1;
 
   // Progress weights: bytes each case moves, plus a fixed cost per case.
   const auto weight = [](const KsPattern& p, int64_t batch) {
@@ -373,19 +374,22 @@ int Run() {
         }
         bool all_correct = true;
         double max_error = 0;
-        for (const Measured& m : results) {
-          candidates_csv << absl::StrFormat("%s,%d,%d,%d,%d,%d,%s,%s,%.5f,%.3g\n", named.source, p.a, p.b, p.c, p.d,
-                                            batch, kernels::DTypeName(dtype), kernels::KernelChoiceName(m.choice),
-                                            m.ms, m.error);
+        // Every candidate's row in the candidates CSV (batch-last ones named "batch-last/..."); a
+        // wrong one is reported and fails the case.
+        const auto record = [&](const Measured& m, BatchLayout layout) {
+          const std::string name =
+              (layout == BatchLayout::kBatchLast ? "batch-last/" : "") + kernels::KernelChoiceName(m.choice);
+          candidates_csv << absl::StrFormat("%s,%d,%d,%d,%d,%d,%s,%s,%.5f,%.3g\n", named.source, p.a, p.b,
+                                            p.c, p.d, batch, kernels::DTypeName(dtype), name, m.ms, m.error);
           all_correct = all_correct && m.correct;
           max_error = std::max(max_error, std::isnan(m.error) ? INFINITY : m.error);
           if (!m.correct) {
-            std::fprintf(stderr, "\n  WRONG: %s on %s batch %lld %s: relative error %g\n",
-                         kernels::KernelChoiceName(m.choice).c_str(), kernels::PatternToString(p).c_str(),
-                         static_cast<long long>(batch), kernels::DTypeName(dtype).c_str(), m.error);
+            std::fprintf(stderr, "\n  WRONG: %s on %s batch %lld %s: relative error %g\n", name.c_str(),
+                         kernels::PatternToString(p).c_str(), static_cast<long long>(batch),
+                         kernels::DTypeName(dtype).c_str(), m.error);
           }
-        }
-        if (!all_correct) ++failures;
+        };
+        for (const Measured& m : results) record(m, BatchLayout::kBatchFirst);
         // The dispatcher's autotuned pick: the fastest correct candidate.
         std::optional<Measured> dispatched;
         for (const Measured& m : results) {
@@ -398,11 +402,9 @@ int Run() {
         // comes from a second, independent timing of the pick and of the best baseline.
         double dispatched_ms = NAN, baseline_retimed_ms = NAN;
         if (dispatched && std::isfinite(baseline_ms)) {
-          const KsKernelChoice baseline_choice =
-              std::isnan(dense_ms) || bmm_ms <= dense_ms ? KsKernelChoice{.algorithm = KsAlgorithm::kBmm}
-                                                         : KsKernelChoice{.algorithm = KsAlgorithm::kDense};
-          kernels::KsTuneOptions retime = options;
-          retime.repetitions = 2 * options.repetitions + 1;
+          const KsKernelChoice baseline_choice = std::isnan(dense_ms) || bmm_ms <= dense_ms
+                                                     ? KsKernelChoice{.algorithm = KsAlgorithm::kBmm}
+                                                     : KsKernelChoice{.algorithm = KsAlgorithm::kDense};
           baseline_retimed_ms = bench_case.Time(baseline_choice, retime).value_or(NAN);
           dispatched_ms = dispatched->choice == baseline_choice
                               ? baseline_retimed_ms
@@ -413,31 +415,17 @@ int Run() {
         // Batch-last: x and y read as [features][batch] (the same bytes), on the algorithms that
         // take them, against the batch-first pick.
         std::optional<Measured> batch_last;
-        bool batch_last_correct = true;
         if (absl::GetFlag(FLAGS_batch_last)) {
           for (const KsKernelChoice& choice :
                kernels::KernelCandidates(p, dtype, options, BatchLayout::kBatchLast)) {
             if (choice.algorithm == KsAlgorithm::kDense && !dense) continue;  // out of reach batch-first too
             const std::optional<Measured> m = bench_case.Measure(choice, options, BatchLayout::kBatchLast);
             if (!m) continue;
-            candidates_csv << absl::StrFormat("%s,%d,%d,%d,%d,%d,%s,batch-last/%s,%.5f,%.3g\n", named.source,
-                                              p.a, p.b, p.c, p.d, batch, kernels::DTypeName(dtype),
-                                              kernels::KernelChoiceName(m->choice), m->ms, m->error);
-            if (!m->correct) {
-              batch_last_correct = false;
-              std::fprintf(stderr, "\n  WRONG: batch-last %s on %s batch %lld %s: relative error %g\n",
-                           kernels::KernelChoiceName(m->choice).c_str(), kernels::PatternToString(p).c_str(),
-                           static_cast<long long>(batch), kernels::DTypeName(dtype).c_str(), m->error);
-              continue;
-            }
-            max_error = std::max(max_error, m->error);
-            if (!batch_last || m->ms < batch_last->ms) batch_last = m;
+            record(*m, BatchLayout::kBatchLast);
+            if (m->correct && (!batch_last || m->ms < batch_last->ms)) batch_last = m;
           }
         }
-        if (!batch_last_correct) {
-          if (all_correct) ++failures;  // the case counts once
-          all_correct = false;
-        }
+        if (!all_correct) ++failures;
         const double speedup = baseline_retimed_ms / dispatched_ms;
         const double pct_floor = 100.0 * floor_ms / dispatched_ms;
         Summary& summary = summaries[di * batches.size() + bi];
@@ -449,8 +437,6 @@ int Run() {
         // Re-timed as the batch-first pick was, so that neither side is a minimum over noisy timings.
         double batch_last_ms = NAN;
         if (batch_last) {
-          kernels::KsTuneOptions retime = options;
-          retime.repetitions = 2 * options.repetitions + 1;
           batch_last_ms = bench_case.Time(batch_last->choice, retime, BatchLayout::kBatchLast).value_or(NAN);
         }
         const double batch_last_speedup = dispatched_ms / batch_last_ms;

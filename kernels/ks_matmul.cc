@@ -151,6 +151,26 @@ void FactorCpuInLayout(const KsFactorParams& p) {
 // Where a chain's packed weights start in its workspace: after the intermediates, 256-aligned.
 int64_t ChainPackedOffset(int64_t intermediate_bytes) { return (intermediate_bytes + 255) / 256 * 256; }
 
+// A batch-last chain's workspace on CUDA: the intermediates, then room for the largest d > 1
+// factor's weights, grouped there per call to run as bmm.
+absl::StatusOr<int64_t> WithGroupedWeightRoom(int64_t intermediate_bytes, absl::Span<const KsPattern> chain,
+                                              DType dtype) {
+  int64_t grouped = 0;
+  for (const KsPattern& p : chain) {
+    int64_t weight_bytes = 0;
+    if (p.d > 1 && MulOverflows(p.nonzeros(), DTypeSize(dtype), &weight_bytes)) {
+      return absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
+    }
+    grouped = std::max(grouped, weight_bytes);
+  }
+  if (grouped == 0) return intermediate_bytes;
+  int64_t total = 0;
+  if (__builtin_add_overflow(ChainPackedOffset(intermediate_bytes), grouped, &total)) {
+    return absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
+  }
+  return total;
+}
+
 // Runs a chain as factor calls through factor(params, scratch), ping-ponging intermediates in the
 // workspace; `scratch` is the workspace past them (ChainWorkspaceBytes sized it for the layout), or
 // null where the path needs none (uses_scratch false: the CPU).
@@ -160,7 +180,9 @@ absl::Status RunChain(const KsChainParams& p, bool uses_scratch, FactorFn factor
       ChainWorkspaceBytes(p.patterns, p.batch, p.dtype, BatchLayout::kBatchFirst);
   if (!intermediate_bytes.ok()) return intermediate_bytes.status();  // also validates the chain
   const absl::StatusOr<int64_t> workspace_bytes =
-      uses_scratch ? ChainWorkspaceBytes(p.patterns, p.batch, p.dtype, p.layout) : intermediate_bytes;
+      uses_scratch && p.layout == BatchLayout::kBatchLast
+          ? WithGroupedWeightRoom(*intermediate_bytes, p.patterns, p.dtype)
+          : intermediate_bytes;
   if (!workspace_bytes.ok()) return workspace_bytes.status();
   if (p.weights.size() != p.patterns.size()) {
     return absl::InvalidArgumentError(absl::StrFormat("%d weight tensors for a chain of %d factors",
@@ -533,13 +555,15 @@ bool CublasSizesFit(const KsFactorParams& params, KsAlgorithm algorithm) {
     return std::all_of(sizes.begin(), sizes.end(),
                        [](int64_t v) { return v <= std::numeric_limits<int>::max(); });
   };
-  if (algorithm == KsAlgorithm::kDense) return fit({n, k.in_features(), k.out_features()});
+  // Every product checked: the rule call sizes params before they are validated.
+  int64_t ad = 0, in = 0, out = 0, nd = 0, nb = 0, nc = 0;
+  if (MulOverflows(k.a, k.d, &ad) || MulOverflows(ad, k.c, &in) || MulOverflows(ad, k.b, &out) ||
+      MulOverflows(n, k.d, &nd) || MulOverflows(n, k.b, &nb) || MulOverflows(n, k.c, &nc)) {
+    return false;
+  }
+  if (algorithm == KsAlgorithm::kDense) return fit({n, in, out});
   // bmm: batch and group counts, the row lengths, and the leading dimensions of its layout.
-  int64_t nd = 0, nb = 0, nc = 0;
-  if (MulOverflows(n, k.d, &nd) || MulOverflows(n, k.b, &nb) || MulOverflows(n, k.c, &nc)) return false;
-  return params.layout == BatchLayout::kBatchLast
-             ? fit({n, k.a * k.d, k.in_features(), k.out_features(), nd})
-             : fit({n, k.a * k.d, k.in_features(), k.out_features(), nb, nc});
+  return params.layout == BatchLayout::kBatchLast ? fit({n, ad, in, out, nd}) : fit({n, ad, in, out, nb, nc});
 }
 
 absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsPattern& pattern, int64_t batch,
@@ -563,16 +587,16 @@ int64_t BmmOutputOffset(int64_t batch, const KsPattern& pattern, DType dtype) {
 }
 
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream) {
-  if (absl::Status s = ValidateFactorParams(params); !s.ok()) return s;  // before sizing anything
+  if (params.layout == BatchLayout::kBatchFirst) {
+    const KsKernelChoice fused{.algorithm = KsAlgorithm::kFused,
+                               .tile = DefaultFusedTile(params.pattern, params.batch, params.dtype)};
+    return KsFactorForwardCuda(params, fused, nullptr, nullptr, stream);
+  }
   // Batch-last without packed weights: bmm where it reads w in place (d = 1) and cuBLAS takes the
-  // sizes, else the naive kernel.
+  // sizes, else the naive kernel (the call validates either).
   const bool bmm_in_place = params.pattern.d == 1 && CublasSizesFit(params, KsAlgorithm::kBmm);
-  const KsKernelChoice choice =
-      params.layout == BatchLayout::kBatchLast
-          ? KsKernelChoice{.algorithm = bmm_in_place ? KsAlgorithm::kBmm : KsAlgorithm::kNaive}
-          : KsKernelChoice{.algorithm = KsAlgorithm::kFused,
-                           .tile = DefaultFusedTile(params.pattern, params.batch, params.dtype)};
-  return KsFactorForwardCuda(params, choice, nullptr, nullptr, stream);
+  return KsFactorForwardCuda(params, {.algorithm = bmm_in_place ? KsAlgorithm::kBmm : KsAlgorithm::kNaive},
+                             nullptr, nullptr, stream);
 }
 
 absl::Status FusedPairSupported(absl::Span<const KsPattern> chain, DType dtype) {
@@ -667,23 +691,7 @@ absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, i
   if (MulOverflows(batch, widest, &elements) || MulOverflows(elements, DTypeSize(dtype) * buffers, &bytes)) {
     return absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
   }
-  if (layout != BatchLayout::kBatchLast) return bytes;
-  // Batch-last on CUDA runs the factors with d > 1 as bmm on weights grouped per call: room for the
-  // largest of them after the intermediates.
-  int64_t grouped = 0;
-  for (const KsPattern& p : chain) {
-    int64_t weight_bytes = 0;
-    if (p.d > 1 && MulOverflows(p.nonzeros(), DTypeSize(dtype), &weight_bytes)) {
-      return absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
-    }
-    grouped = std::max(grouped, weight_bytes);
-  }
-  if (grouped == 0) return bytes;
-  int64_t total = 0;
-  if (__builtin_add_overflow(ChainPackedOffset(bytes), grouped, &total)) {
-    return absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
-  }
-  return total;
+  return layout == BatchLayout::kBatchLast ? WithGroupedWeightRoom(bytes, chain, dtype) : bytes;
 }
 
 absl::Status KsChainForwardCpu(const KsChainParams& params) {
