@@ -16,7 +16,9 @@
 // 16-byte loads of a quarter warp fall in distinct banks (for JT = 8 some threads read their two
 // s in the other order, see GatherFragments), so there are no bank conflicts and no swizzle.
 // A thread ends a tile holding the JT outputs of one (row, r), or the 2·JT of (row, r, r + 1)
-// when JT = d: contiguous in y, they go out with bias and activation as one store, no staging.
+// when JT = d: contiguous in y, they go out with bias and activation as one predicated store. For
+// d = 8 they go through shared memory instead and out by TMA, whole lines: direct 16-byte stores
+// there fill half sectors, and the warps wait on each store's registers for most of the epilogue.
 // The producer runs on into the next tile while the consumers store, so loads never pause.
 #include <cudaTypedefs.h>
 
@@ -62,28 +64,21 @@ struct WgFactorTile {
   static constexpr int kWBytes = JT * BN * kWRowBytes;
   static constexpr int kStageBytes = kXBytes + kWBytes;
   static constexpr int kFixedBytes = kAlign + 16 * kMaxStages;  // alignment, full and empty barriers
-  static constexpr int kStages = std::min(kMaxStages, (kSharedBudget - kFixedBytes) / kStageBytes);
-  static constexpr int kSharedBytes = kFixedBytes + kStages * kStageBytes;
+  // JT = d = 8: a warpgroup's 64 rows × 256 outputs of a tile go out through shared memory by TMA,
+  // as 4 boxes of 64 rows × 64 outputs (128-byte rows, swizzled). (Staged, d = 2 and 4 ran 7–10×
+  // slower: ptxas then serialized their wgmma.)
+  static constexpr bool kStaging = kLoad == XLoad::kTmaWhole && JT == 8;
+  static constexpr int kBoxes = BN * JT / 64;
+  static constexpr int kStagingBytes = kStaging ? 2 * kBoxes * 64 * 128 : 0;
+  static constexpr int kStages =
+      std::min(kMaxStages, (kSharedBudget - kFixedBytes - kStagingBytes) / kStageBytes);
+  static constexpr int kSharedBytes = kFixedBytes + kStagingBytes + kStages * kStageBytes;
   static_assert(JT == 2 || JT == 4 || JT == 8);
   static_assert(kLoad == XLoad::kTmaWhole || JT == 8);
   static_assert(kXBytes % kAlign == 0 && kWBytes % kAlign == 0 && kStages >= 3);
   static_assert(BN % 8 == 0);
   static_assert(!kPairX || (kLoad == XLoad::kTmaWhole && kKBlocks % 2 == 0));
 };
-
-// n consecutive values of T from `from` (aligned to their size) as FP32.
-template <typename T, int n>
-__device__ __forceinline__ void LoadValues(const T* from, float (&to)[n]) {
-  static_assert(n == 4 || n == 8);
-  T values[n];
-  if constexpr (n == 8) {
-    *reinterpret_cast<uint4*>(values) = *reinterpret_cast<const uint4*>(from);
-  } else {
-    *reinterpret_cast<uint2*>(values) = *reinterpret_cast<const uint2*>(from);
-  }
-#pragma unroll
-  for (int e = 0; e < n; ++e) to[e] = ToFloat(values[e]);
-}
 
 // A fragments of one k16 step for every j of the warpgroup: a[jj][q] is register q of the
 // m16n8k16 A fragment of its j jj (q: row group, +8 rows, then the same for s + 8). x_step: the
@@ -147,14 +142,16 @@ __device__ __forceinline__ void CopyXStage(const KsFactorParams& p, T* x_stage, 
 template <typename T, typename Tile>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     KsFactorWgmmaKernel(KsFactorParams p, BlockGrid grid, const __grid_constant__ CUtensorMap x_map,
-                        const __grid_constant__ CUtensorMap w_map) {
+                        const __grid_constant__ CUtensorMap w_map,
+                        const __grid_constant__ CUtensorMap y_map) {
   constexpr int JT = Tile::JT, BM = Tile::BM, BN = Tile::BN, kK16 = Tile::kK16, kStages = Tile::kStages;
   constexpr bool kWholeJ = Tile::kLoad == XLoad::kTmaWhole;
   extern __shared__ __align__(kAlign) unsigned char shared_bytes[];
   // Rounded up by an offset into the shared array, so the compiler keeps shared loads on it.
   const uint32_t misalignment = SharedAddress(shared_bytes) % kAlign;
   unsigned char* const stages = shared_bytes + (misalignment == 0 ? 0 : kAlign - misalignment);
-  uint64_t* const stage_full = reinterpret_cast<uint64_t*>(stages + kStages * Tile::kStageBytes);
+  unsigned char* const staging = stages + kStages * Tile::kStageBytes;  // kStaging: per warpgroup, the boxes
+  uint64_t* const stage_full = reinterpret_cast<uint64_t*>(staging + Tile::kStagingBytes);
   uint64_t* const stage_empty = stage_full + kMaxStages;  // every consumer warp is done with it
   // A stage is full when its boxes have landed and, for x copied by the producer warpgroup, when
   // each of its 128 threads has seen its copies land.
@@ -294,66 +291,94 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     }
 
     // Accumulator element 4·nb + 2·upper + e of j is row row + 8·upper of the tile and output
-    // r0 + 8·nb + 2·quad + e.
+    // r0 + 8·nb + 2·quad + e. The thread's outputs go out in runs contiguous in y: run k is, for
+    // JT = d, all d of r and r + 1 (b is even) with r = r_first + 8·k; for JT = 8, the 8 j of
+    // r = r_first + 8·(k / 2) + k % 2. Each run is one predicated store with no branch, where
+    // JT = d at a constant offset from its row's address: guarded stores written as C++ branch
+    // around each store and recompute its address, and the next store waits for the registers.
     const BlockCoords at = DecodeBlock(grid, tile);
     const int64_t i = at.i, j0 = at.jg * JT, n0 = at.nt * BM;
     const int64_t r0 = (at.rt * Tile::kClusterBlocks + rank) * BN;  // past b with an odd pair: nothing stored
+    const int64_t r_first = r0 + 2 * quad;
+    constexpr int kRunWords = JT < 8 ? JT : 4;
+    constexpr int kRuns = JT < 8 ? BN / 8 : BN / 4;
+    constexpr auto run_r = [](int k) { return JT < 8 ? 8 * k : 8 * (k / 2) + k % 2; };
+    const bool row_ok[2] = {n0 + row < p.batch, n0 + row + 8 < p.batch};
+    T* const out_row[2] = {y + (n0 + row) * out + (i * b + r_first) * d + j0,
+                           y + (n0 + row + 8) * out + (i * b + r_first) * d + j0};
+    // Staged where every output r of the tile lies inside b (TMA clips rows past the batch, not
+    // outputs of the next i). Output (m, 8·rr + j) of the warpgroup's rows is box rr / 8, row m,
+    // 16-byte unit rr % 8 swizzled with m % 8 (the lane's group).
+    const bool staged = Tile::kStaging && r0 + BN <= b;
+    const bool issuer = threadIdx.x % 128 == 0;
+    const uint32_t boxes_address = SharedAddress(staging) + warpgroup * (Tile::kStagingBytes / 2);
+    if (staged) {
+      if (issuer) BulkWaitRead<0>();  // the last tile's stores have read the boxes
+      WarpgroupBarrier(warpgroup);
+    }
     WithActivation(p.activation, [&](auto activation) {
       constexpr Activation kActivation = decltype(activation)::value;
-#pragma unroll
-      for (int nb = 0; nb < BN / 8; ++nb) {
-        if constexpr (JT < 8) {
-          // JT = d: outputs r and r + 1 (b is even), all d of each: 2·JT contiguous values.
-          const int64_t r = r0 + 8 * nb + 2 * quad;
-          if (r >= b) continue;
-          const int64_t feature = (i * b + r) * d;
-          float bias_values[2 * JT] = {};
-          if (bias != nullptr) LoadValues<T, 2 * JT>(bias + feature, bias_values);
+      const auto finish = [&](auto with_bias, auto staged_constant) {
+        constexpr bool kBias = decltype(with_bias)::value, kStaged = decltype(staged_constant)::value;
+        StaticFor<kRuns>([&](auto k_constant) {
+          constexpr int k = decltype(k_constant)::value, e0 = JT < 8 ? 0 : k % 2, nb = JT < 8 ? k : k / 2;
+          const int64_t r = r_first + run_r(k);
+          // Where r is past b nothing is stored: the bias of b - 1 stands in, so no load is guarded.
+          const T* const run_bias = bias + (i * b + std::min(r, b - 1)) * d + j0;
 #pragma unroll
           for (int upper = 0; upper < 2; ++upper) {
-            const int64_t n = n0 + row + 8 * upper;
-            if (n >= p.batch) continue;
-            uint32_t words[JT];
+            uint32_t words[kRunWords];
 #pragma unroll
-            for (int w = 0; w < JT; ++w) {
+            for (int w = 0; w < kRunWords; ++w) {
               float v[2];
 #pragma unroll
               for (int h = 0; h < 2; ++h) {
-                const int f = 2 * w + h, e = f / JT, jj = f % JT;
-                v[h] = ApplyActivationFor16Bit<kActivation>(acc[jj][4 * nb + 2 * upper + e] + bias_values[f]);
+                const int f = 2 * w + h;  // the run's value f: j f % JT of r + e
+                float value = acc[f % JT][4 * nb + 2 * upper + e0 + (JT < 8 ? f / JT : 0)];
+                if constexpr (kBias) value += ToFloat(run_bias[f]);
+                v[h] = ApplyActivationFor16Bit<kActivation>(value);
               }
               words[w] = PackPair<T>(v[0], v[1]);
             }
-            StoreWords<JT>(y + n * out + feature, words);
-          }
-        } else {
-          // Output r, the 8 j of the tile: 8 contiguous values (16 bytes; d is a multiple of 8).
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int64_t r = r0 + 8 * nb + 2 * quad + e;
-            if (r >= b) continue;
-            const int64_t feature = (i * b + r) * d + j0;
-            float bias_values[8] = {};
-            if (bias != nullptr) LoadValues<T, 8>(bias + feature, bias_values);
-#pragma unroll
-            for (int upper = 0; upper < 2; ++upper) {
-              const int64_t n = n0 + row + 8 * upper;
-              if (n >= p.batch) continue;
-              uint32_t words[4];
-#pragma unroll
-              for (int w = 0; w < 4; ++w) {
-                words[w] = PackPair<T>(ApplyActivationFor16Bit<kActivation>(
-                                           acc[2 * w][4 * nb + 2 * upper + e] + bias_values[2 * w]),
-                                       ApplyActivationFor16Bit<kActivation>(
-                                           acc[2 * w + 1][4 * nb + 2 * upper + e] + bias_values[2 * w + 1]));
-              }
-              StoreWords<4>(y + n * out + feature, words);
+            [[maybe_unused]] const bool store = row_ok[upper] && r < b;  // staged: TMA clips
+            if constexpr (kStaged) {
+              const int m = 16 * warp + group + 8 * upper, rr = 2 * quad + run_r(k);  // r - r0
+              StoreSharedWords<kRunWords>(
+                  boxes_address + rr / 8 * (64 * 128) + m * 128 + (rr % 8 ^ group) * 16, words);
+            } else if constexpr (kWholeJ) {
+              constexpr int kOffsetBytes = run_r(k) * JT * static_cast<int>(sizeof(T));
+              StoreGlobalWordsIf<kRunWords, kOffsetBytes>(out_row[upper], words, store);
+            } else {
+              StoreGlobalWordsIf<kRunWords, 0>(out_row[upper] + run_r(k) * d, words, store);
             }
           }
+        });
+      };
+      const auto finish_staged_or_not = [&](auto with_bias) {
+        if constexpr (Tile::kStaging) {
+          if (staged) return finish(with_bias, std::true_type{});
         }
+        finish(with_bias, std::false_type{});
+      };
+      if (bias != nullptr) {
+        finish_staged_or_not(std::true_type{});
+      } else {
+        finish_staged_or_not(std::false_type{});
       }
     });
+    if (staged) {
+      FenceProxyAsync();  // the shared stores, before the TMA unit reads them
+      WarpgroupBarrier(warpgroup);
+      if (issuer) {
+        for (int box = 0; box < Tile::kBoxes; ++box) {
+          TmaStore2d(&y_map, staging + warpgroup * (Tile::kStagingBytes / 2) + box * (64 * 128),
+                     static_cast<int>((i * b + r0) * d) + 64 * box, static_cast<int>(n0) + 64 * warpgroup);
+        }
+        BulkCommit();
+      }
+    }
   }
+  if (Tile::kStaging && threadIdx.x % 128 == 0) BulkWait<0>();  // the last stores, before the block ends
   if constexpr (Tile::kPairX) ClusterSync();  // the other block no longer reaches into this one
 }
 
@@ -372,7 +397,7 @@ cudaError_t Launch(const KsFactorParams& p, const void* packed_w, cudaStream_t s
   }
   const KsPattern& k = p.pattern;
   constexpr bool kBFloat16 = std::is_same_v<T, __nv_bfloat16>;
-  CUtensorMap x_map{}, w_map{};  // x_map: kTmaWhole only
+  CUtensorMap x_map{}, w_map{}, y_map{};  // x_map: kTmaWhole only; y_map: kStaging only
   if constexpr (Tile::kLoad == XLoad::kTmaWhole) {
     // (8 s × d values of an 8-s block, row, 8-s block, i)
     const int64_t dims[4] = {8 * k.d, p.batch, k.c / 8, k.a};
@@ -390,6 +415,13 @@ cudaError_t Launch(const KsFactorParams& p, const void* packed_w, cudaStream_t s
     const int box[3] = {16 * Tile::kK16, Tile::BN, Tile::JT};
     if (cudaError_t err =
             MakeTensorMap16(&w_map, packed_w, kBFloat16, 3, dims, strides, box, Tile::kWRowBytes);
+        err != cudaSuccess) {
+      return err;
+    }
+  }
+  if constexpr (Tile::kStaging) {
+    // Boxes of 64 rows × 64 outputs, 128-byte swizzled; every box starts on 16 bytes (d = 8).
+    if (cudaError_t err = MakeTensorMap16(&y_map, p.y, kBFloat16, p.batch, k.out_features(), 64);
         err != cudaSuccess) {
       return err;
     }
@@ -415,11 +447,11 @@ cudaError_t Launch(const KsFactorParams& p, const void* packed_w, cudaStream_t s
     }
     if (clusters < 1) return cudaErrorInvalidConfiguration;
     config.gridDim = dim3(2 * static_cast<unsigned>(std::min<int64_t>(grid.blocks(), clusters)));
-    return cudaLaunchKernelEx(&config, kernel, p, grid, x_map, w_map);
+    return cudaLaunchKernelEx(&config, kernel, p, grid, x_map, w_map, y_map);
   } else {
     const int64_t blocks = std::min<int64_t>(grid.blocks(), sms);
     kernel<<<static_cast<unsigned>(blocks), kBlockThreads, Tile::kSharedBytes, stream>>>(p, grid, x_map,
-                                                                                         w_map);
+                                                                                         w_map, y_map);
     return cudaGetLastError();
   }
 }
