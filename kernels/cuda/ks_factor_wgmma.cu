@@ -17,8 +17,9 @@
 // s in the other order, see GatherFragments), so there are no bank conflicts and no swizzle.
 // A thread ends a tile holding the JT outputs of one (row, r), or the 2·JT of (row, r, r + 1)
 // when JT = d: contiguous in y, they go out with bias and activation as one predicated store. For
-// d = 8 they go through shared memory instead and out by TMA, whole lines: direct 16-byte stores
-// there fill half sectors, and the warps wait on each store's registers for most of the epilogue.
+// d = 8 they go through shared memory instead and out by TMA, whole lines (but for a tile whose r
+// range passes b): direct 16-byte stores there fill half sectors, and the warps wait on each
+// store's registers for most of the epilogue.
 // The producer runs on into the next tile while the consumers store, so loads never pause.
 #include <cudaTypedefs.h>
 
@@ -293,9 +294,9 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     // Accumulator element 4·nb + 2·upper + e of j is row row + 8·upper of the tile and output
     // r0 + 8·nb + 2·quad + e. The thread's outputs go out in runs contiguous in y: run k is, for
     // JT = d, all d of r and r + 1 (b is even) with r = r_first + 8·k; for JT = 8, the 8 j of
-    // r = r_first + 8·(k / 2) + k % 2. Each run is one predicated store with no branch, where
-    // JT = d at a constant offset from its row's address: guarded stores written as C++ branch
-    // around each store and recompute its address, and the next store waits for the registers.
+    // r = r_first + 8·(k / 2) + k % 2. Each run is one predicated store with no branch (guarded
+    // stores written in C++ become branches that recompute each address), for JT = d at a constant
+    // offset from its row's address.
     const BlockCoords at = DecodeBlock(grid, tile);
     const int64_t i = at.i, j0 = at.jg * JT, n0 = at.nt * BM;
     const int64_t r0 = (at.rt * Tile::kClusterBlocks + rank) * BN;  // past b with an odd pair: nothing stored
@@ -323,8 +324,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         StaticFor<kRuns>([&](auto k_constant) {
           constexpr int k = decltype(k_constant)::value, e0 = JT < 8 ? 0 : k % 2, nb = JT < 8 ? k : k / 2;
           const int64_t r = r_first + run_r(k);
-          // Where r is past b nothing is stored: the bias of b - 1 stands in, so no load is guarded.
-          const T* const run_bias = bias + (i * b + std::min(r, b - 1)) * d + j0;
+          // Where r is past b nothing is stored: the bias of the last run inside b stands in (r = b - 2
+          // where a run holds r and r + 1), so no load is guarded and none passes the bias.
+          [[maybe_unused]] const T* const run_bias =
+              kBias ? bias + (i * b + std::min<int64_t>(r, b - (JT < 8 ? 2 : 1))) * d + j0 : nullptr;
 #pragma unroll
           for (int upper = 0; upper < 2; ++upper) {
             uint32_t words[kRunWords];

@@ -13,7 +13,7 @@ namespace ksserve::kernels::cuda {
 
 // A tensor map over rows × columns 16-bit values (row pitch `columns`) read in boxes of
 // box_rows × 64 columns, written to shared memory with 128-byte swizzle; what lies outside the
-// matrix reads as zeros.
+// matrix reads as zeros. TMA stores through it take boxes in that same layout and clip at the edges.
 cudaError_t MakeTensorMap16(CUtensorMap* map, const void* base, bool bfloat16, int64_t rows, int64_t columns,
                             int box_rows);
 

@@ -59,7 +59,7 @@ __device__ __forceinline__ uint64_t DescriptorPlus(uint64_t descriptor, uint32_t
 }
 
 // Orders this thread's generic-proxy shared-memory writes (st.shared, cp.async) before later
-// reads by the async proxy (wgmma); then a barrier makes them visible to the warpgroup.
+// reads by the async proxy (wgmma, TMA stores); then a barrier makes them visible to the warpgroup.
 __device__ __forceinline__ void FenceProxyAsync() {
 #if KSSERVE_WGMMA
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
