@@ -289,7 +289,7 @@ int Run() {
                            ceilings.gemm_flops_per_s[static_cast<int>(dtype)] / 1e12);
   }
   csv << "\nsource,a,b,c,d,batch,dtype,floor_ms,dense_ms,bmm_ms,baseline_ms,best_fused,best_fused_ms,"
-         "rule_fused_ms,dispatched,dispatched_first_ms,baseline_retimed_ms,dispatched_ms,speedup,"
+         "rule_fused_ms,rule_ms,dispatched,dispatched_first_ms,baseline_retimed_ms,dispatched_ms,speedup,"
          "pct_floor,correct,max_error,batch_last_pick,batch_last_ms,batch_last_speedup\n";
 
   kernels::KsTuneOptions options;
@@ -361,8 +361,12 @@ int Run() {
           dense = bench_case.Measure({.algorithm = KsAlgorithm::kDense}, options);
           if (dense) results.push_back(*dense);
         }
-        std::optional<Measured> best_fused, rule_fused;
+        // rule: what KsFactorForwardCuda runs without a choice (bmm for d = 1, else rule_fused).
+        std::optional<Measured> best_fused, rule_fused, rule;
         const kernels::FusedTile rule_tile = kernels::DefaultFusedTile(p, batch, dtype);
+        const KsKernelChoice rule_choice =
+            kernels::DefaultKernelChoice({.batch = batch, .pattern = p, .dtype = dtype});
+        if (rule_choice == KsKernelChoice{.algorithm = KsAlgorithm::kBmm}) rule = bmm;
         for (const KsKernelChoice& candidate : kernels::KernelCandidates(p, dtype, options)) {
           if (candidate.algorithm != KsAlgorithm::kFused) continue;
           const kernels::FusedTile tile = candidate.tile;
@@ -370,6 +374,7 @@ int Run() {
           if (!fused) continue;
           results.push_back(*fused);
           if (tile == rule_tile) rule_fused = fused;
+          if (candidate == rule_choice) rule = fused;
           if (fused->correct && (!best_fused || fused->ms < best_fused->ms)) best_fused = fused;
         }
         bool all_correct = true;
@@ -443,11 +448,11 @@ int Run() {
         if (std::isfinite(batch_last_speedup)) summary.batch_last_speedup.push_back(batch_last_speedup);
         const auto ms = [](double v) { return std::isnan(v) ? std::string() : absl::StrFormat("%.5f", v); };
         csv << absl::StrFormat(
-            "%s,%d,%d,%d,%d,%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%.3f,%.1f,%s,%.3g,%s,%s,%s\n",
+            "%s,%d,%d,%d,%d,%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%.3f,%.1f,%s,%.3g,%s,%s,%s\n",
             named.source, p.a, p.b, p.c, p.d, batch, kernels::DTypeName(dtype), ms(floor_ms), ms(dense_ms),
             ms(bmm_ms), ms(baseline_ms), best_fused ? kernels::KernelChoiceName(best_fused->choice) : "",
             ms(best_fused ? best_fused->ms : NAN), ms(rule_fused ? rule_fused->ms : NAN),
-            dispatched ? kernels::KernelChoiceName(dispatched->choice) : "",
+            ms(rule ? rule->ms : NAN), dispatched ? kernels::KernelChoiceName(dispatched->choice) : "",
             ms(dispatched ? dispatched->ms : NAN), ms(baseline_retimed_ms), ms(dispatched_ms), speedup,
             pct_floor, all_correct ? "yes" : "NO", max_error,
             batch_last ? kernels::KernelChoiceName(batch_last->choice) : "", ms(batch_last_ms),

@@ -8,7 +8,8 @@ for the best fused kernel alone and for the autotuned pick among fused tiles, de
 pick's ratio is the CSV's `speedup`: the pick and the best baseline timed again, independently of
 the timings that chose it, so noise can put it below 1. Also prints
 a table per dtype and batch: median and worst speedup of the autotuned pick, of the best fused
-tile, and of the tile the rule picks (what KsFactorForwardCuda runs without autotuning).
+tile, and of the rule's pick (what KsFactorForwardCuda runs without autotuning: bmm for d = 1, else
+the rule's fused tile; in CSVs without `rule_ms`, the rule's tile).
 """
 import csv
 import sys
@@ -42,8 +43,11 @@ def median(values):
 
 
 def print_table(rows, dtypes, batches):
+    # rule_ms: what runs without tuning (bmm for d = 1, else the rule's tile); older CSVs: the tile.
+    rule_key = "rule_ms" if rows and "rule_ms" in rows[0] else "rule_fused_ms"
+    rule_name = "rule pick" if rule_key == "rule_ms" else "rule tile"
     print("| dtype | batch | autotuned: median | best fused tile: median / worst / patterns below 1 "
-          "| rule tile: median / worst / patterns below 1 | autotuned: median % of floor |")
+          f"| {rule_name}: median / worst / patterns below 1 | autotuned: median % of floor |")
     print("| --- | --- | --- | --- | --- | --- |")
     for dtype in dtypes:
         for batch in batches:
@@ -51,7 +55,7 @@ def print_table(rows, dtypes, batches):
             base = [float(r["baseline_ms"]) for r in sel]
             tuned = [float(r["speedup"]) for r in sel]  # re-timed pick over re-timed baseline
             fused = [b / float(r["best_fused_ms"]) for b, r in zip(base, sel)]
-            rule = [b / float(r["rule_fused_ms"]) for b, r in zip(base, sel) if r["rule_fused_ms"]]
+            rule = [b / float(r[rule_key]) for b, r in zip(base, sel) if r[rule_key]]
             floor = [float(r["pct_floor"]) for r in sel]
             print(f"| {dtype} | {batch} | {median(tuned):.2f}x "
                   f"| {median(fused):.2f}x / {min(fused):.2f}x / {sum(v < 1 for v in fused)} of {len(fused)} "

@@ -331,11 +331,12 @@ absl::Status KsFactorForwardCpu(const KsFactorParams& params) {
 FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype) {
   // j groups as wide as d allows (coalesced loads along j), else full GEMM tiles along s; small
   // batches take short tiles so the grid still fills the device. 16-bit types: tensor cores.
-  // From the H100 sweep (bench/results/h100-ksbench-candidates.csv): the pipelined tiles where their
-  // j groups fit d, the register-staged ones where they do not.
-  if (dtype != DType::kFloat32 && batch > 64) {
-    if (pattern.d == 1) return pattern.b > 64 ? FusedTile::kTcM128N128 : FusedTile::kTcM128N64;
+  // Up to 4096 rows from the H200 default sweep (bench/results/h200-ksbench-candidates.csv), above
+  // from the BF16 batch-25088 sweeps and the H100 sweep.
+  const int64_t d = pattern.d;
+  if (dtype != DType::kFloat32) {
     if (batch > 4096) {
+      if (d == 1) return pattern.b > 64 ? FusedTile::kTcM128N128 : FusedTile::kTcM128N64;
       // d = 2, 4 and 8: the persistent TMA + warpgroup-MMA tile (1.6-2.9x the best pipelined tile
       // on an H200 but for one small d = 2 pattern, bench/results/h200-ksbench-bf16-25088-
       // candidates.csv; where it cannot run it hands over to kTcM64N64K16), in clusters sharing x
@@ -343,7 +344,6 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
       // blocks, 0.72-1.18x; with an odd count 1.2-1.5x). Else 4-j groups in s steps of 16 (two
       // blocks per SM) for d = 16 and 32; for b of 256 and more, the tile twice as wide in r; 8-j
       // groups for wide d.
-      const int64_t d = pattern.d;
       if (d == 2 || d == 4) {
         const int64_t r_tiles = (pattern.b * d + 255) / 256;
         return r_tiles % 2 == 0 ? FusedTile::kWgTmaPairX : FusedTile::kWgTma;
@@ -353,21 +353,41 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
       if (pattern.b >= 256 && (d % 4 == 0 || d == 2)) return FusedTile::kTcM64N128K16;
       if (d % 8 == 0 && d >= 48) return FusedTile::kTcM64N32;
       if (d % 4 == 0 || d == 2) return FusedTile::kTcM64N64;
-    } else if (pattern.d % 4 == 0 || pattern.d == 2) {
-      return FusedTile::kTcM32N32;
+      return RegisterStagedMmaTile(pattern);
     }
+    if (batch > 64) {
+      // wg-tma for d = 2, 4 and multiples of 8: at 196 and 1568 rows a median 1.0-2.5x the time of
+      // the 32 × 32 tile, which is the next best.
+      if (d == 2 || d == 4 || d % 8 == 0) return FusedTile::kWgTma;
+      if (d == 1 && batch > 512) return pattern.b > 64 ? FusedTile::kTcM128N128 : FusedTile::kTcM128N64;
+      if (d == 1 || d % 4 == 0) return FusedTile::kTcM32N32;
+      return RegisterStagedMmaTile(pattern);
+    }
+    // Up to 64 rows: tensor-core tiles all the same (one row: a median 2.6x the CUDA-core tiles).
+    if (d == 2) return FusedTile::kTcM64N64;
+    if (d == 1 || d % 4 == 0) return FusedTile::kTcM32N32;
     return RegisterStagedMmaTile(pattern);
   }
   // FP32 with d a multiple of 4: the pipelined 4-j tile, 1.07-2.4x the wider j groups of d >= 16
-  // and of d = 4 at every batch size; the 8-j tile stays ahead for d in [8, 16) below 4096 rows.
-  const bool eight_j_wins = pattern.d >= 8 && pattern.d < 16 && batch <= 4096;
-  if (dtype == DType::kFloat32 && pattern.d % 4 == 0 && !eight_j_wins) return FusedTile::kJ4M64N64Async;
-  if (pattern.d >= 32) return FusedTile::kJ32M16N8;
-  if (pattern.d >= 16) return FusedTile::kJ16M16N16;
-  if (pattern.d >= 8) return FusedTile::kJ8M32N32;
-  if (pattern.d >= 4) return FusedTile::kJ4M64N64;
-  if (batch <= 64) return FusedTile::kJ1M16N64;
-  return pattern.b > 64 ? FusedTile::kJ1M128N128 : FusedTile::kJ1M128N64;
+  // and of d = 4 from 196 rows up; the 8-j tile stays ahead for d in [8, 16) below 4096 rows and
+  // for d >= 16 up to 64 rows, the 1-j tile for d = 4 up to 64 rows, the register-staged 4-j tile
+  // for d = 8 above 4096 rows.
+  if (d % 4 == 0) {
+    if (batch <= 64 && d == 4) return FusedTile::kJ1M16N64;
+    if (batch <= 64 && d >= 16) return FusedTile::kJ8M32N32;
+    if (d == 8 && batch > 4096) return FusedTile::kJ4M64N64;
+    if (d >= 8 && d < 16 && batch <= 4096) return FusedTile::kJ8M32N32;
+    return FusedTile::kJ4M64N64Async;
+  }
+  if (d >= 32) return FusedTile::kJ32M16N8;
+  if (d >= 16) return FusedTile::kJ16M16N16;
+  if (d >= 8) return FusedTile::kJ8M32N32;
+  if (d >= 4) return FusedTile::kJ4M64N64;
+  // d = 1, 2, 3: one j per block, 16-row tiles up to 512 rows (a median 1.1-1.9x the 128-row
+  // ones there), then 128-row tiles (two j for d = 2 above 4096 rows).
+  if (batch <= 512) return FusedTile::kJ1M16N64;
+  if (d == 2 && batch > 4096) return FusedTile::kJ2M128N64;
+  return FusedTile::kJ1M128N64;
 }
 
 int FusedTileJ(FusedTile tile) {
@@ -586,17 +606,19 @@ int64_t BmmOutputOffset(int64_t batch, const KsPattern& pattern, DType dtype) {
   return (batch * pattern.in_features() * DTypeSize(dtype) + 255) / 256 * 256;
 }
 
+KsKernelChoice DefaultKernelChoice(const KsFactorParams& params) {
+  // d = 1: a batched GEMM over the a blocks as they lie, which cuBLAS runs faster than every fused
+  // tile at every batch size of the H200 sweep (bench/results/h200-ksbench-candidates.csv: the
+  // rule's fused tile was a median 0.25-0.77x of bmm). The call validates either choice.
+  if (params.pattern.d == 1 && CublasSizesFit(params, KsAlgorithm::kBmm))
+    return {.algorithm = KsAlgorithm::kBmm};
+  if (params.layout == BatchLayout::kBatchLast) return {.algorithm = KsAlgorithm::kNaive};
+  return {.algorithm = KsAlgorithm::kFused,
+          .tile = DefaultFusedTile(params.pattern, params.batch, params.dtype)};
+}
+
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream) {
-  if (params.layout == BatchLayout::kBatchFirst) {
-    const KsKernelChoice fused{.algorithm = KsAlgorithm::kFused,
-                               .tile = DefaultFusedTile(params.pattern, params.batch, params.dtype)};
-    return KsFactorForwardCuda(params, fused, nullptr, nullptr, stream);
-  }
-  // Batch-last without packed weights: bmm where it reads w in place (d = 1) and cuBLAS takes the
-  // sizes, else the naive kernel (the call validates either).
-  const bool bmm_in_place = params.pattern.d == 1 && CublasSizesFit(params, KsAlgorithm::kBmm);
-  return KsFactorForwardCuda(params, {.algorithm = bmm_in_place ? KsAlgorithm::kBmm : KsAlgorithm::kNaive},
-                             nullptr, nullptr, stream);
+  return KsFactorForwardCuda(params, DefaultKernelChoice(params), nullptr, nullptr, stream);
 }
 
 absl::Status FusedPairSupported(absl::Span<const KsPattern> chain, DType dtype) {

@@ -37,10 +37,14 @@ absl::Status ValidateFactorParams(const KsFactorParams& params);
 absl::Status KsFactorForwardCpu(const KsFactorParams& params);
 
 // One factor on the current CUDA device, enqueued on `stream`; pointers are device memory.
-// Runs the fused kernel with the tile DefaultFusedTile picks (batch-last: bmm where d = 1, else
-// the naive kernel): no packed weights, no workspace.
+// Runs what DefaultKernelChoice picks: no packed weights, no workspace.
 // FAILED_PRECONDITION when ksserve was built without CUDA.
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream);
+
+// The rule's pick among the algorithms that need neither packed weights nor a workspace: bmm
+// where d = 1 and cuBLAS takes the sizes (the blocks are read where they lie), else batch-first
+// the fused kernel with DefaultFusedTile, batch-last the naive kernel.
+KsKernelChoice DefaultKernelChoice(const KsFactorParams& params);
 
 // The fused tile chosen by rule for a pattern, batch and dtype.
 FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype);

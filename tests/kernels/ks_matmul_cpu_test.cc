@@ -289,16 +289,27 @@ TEST(KsKernelChoiceTest, NamesRoundTripAndUnknownNamesAreErrors) {
 }
 
 TEST(KsKernelChoiceTest, DefaultTileFollowsDAndBatch) {
-  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 1}, 25088, DType::kFloat32), FusedTile::kJ1M128N128);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 1}, 25088, DType::kFloat32), FusedTile::kJ1M128N64);
   EXPECT_EQ(DefaultFusedTile({1, 48, 48, 1}, 25088, DType::kFloat32), FusedTile::kJ1M128N64);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 1}, 1, DType::kFloat32), FusedTile::kJ1M16N64);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 2}, 512, DType::kFloat32), FusedTile::kJ1M16N64);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 2}, 25088, DType::kFloat32), FusedTile::kJ2M128N64);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 4}, 64, DType::kFloat32), FusedTile::kJ1M16N64);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 16}, 64, DType::kFloat32), FusedTile::kJ8M32N32);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 4}, 196, DType::kFloat32), FusedTile::kJ4M64N64Async);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 196, DType::kFloat32), FusedTile::kJ4M64N64Async);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 8}, 196, DType::kFloat32), FusedTile::kJ8M32N32);
-  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 8}, 25088, DType::kFloat32), FusedTile::kJ4M64N64Async);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 8}, 25088, DType::kFloat32), FusedTile::kJ4M64N64);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 12}, 25088, DType::kFloat32), FusedTile::kJ4M64N64Async);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 6}, 196, DType::kFloat32), FusedTile::kJ4M64N64);
-  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 8, DType::kBFloat16), FusedTile::kJ32M16N8);
-  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 196, DType::kBFloat16), FusedTile::kTcM32N32);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 8, DType::kBFloat16), FusedTile::kTcM32N32);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 2}, 1, DType::kFloat16), FusedTile::kTcM64N64);
+  EXPECT_EQ(DefaultFusedTile({1, 96, 96, 3}, 1, DType::kBFloat16), FusedTile::kMmaJ1M128N128);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 196, DType::kBFloat16), FusedTile::kWgTma);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 4}, 1568, DType::kBFloat16), FusedTile::kWgTma);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 12}, 1568, DType::kBFloat16), FusedTile::kTcM32N32);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 1}, 196, DType::kBFloat16), FusedTile::kTcM32N32);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 1}, 1568, DType::kBFloat16), FusedTile::kTcM128N128);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 4}, 25088, DType::kBFloat16), FusedTile::kWgTmaPairX);
   EXPECT_EQ(DefaultFusedTile({1, 192, 192, 4}, 25088, DType::kBFloat16), FusedTile::kWgTma);
   EXPECT_EQ(DefaultFusedTile({1, 256, 256, 8}, 25088, DType::kBFloat16), FusedTile::kWgTma);
@@ -313,7 +324,7 @@ TEST(KsKernelChoiceTest, DefaultTileFollowsDAndBatch) {
   EXPECT_EQ(DefaultFusedTile({1, 48, 96, 3}, 25088, DType::kBFloat16), FusedTile::kMmaJ1M128N64);
   EXPECT_EQ(DefaultFusedTile({1, 96, 96, 17}, 25088, DType::kBFloat16), FusedTile::kMmaJ8M32N32);
   EXPECT_EQ(DefaultFusedTile({6, 64, 64, 1}, 25088, DType::kFloat16), FusedTile::kTcM128N64);
-  EXPECT_EQ(DefaultFusedTile({6, 64, 64, 1}, 1, DType::kBFloat16), FusedTile::kJ1M16N64);
+  EXPECT_EQ(DefaultFusedTile({6, 64, 64, 1}, 1, DType::kBFloat16), FusedTile::kTcM32N32);
 }
 
 TEST(KsFusedPairTest, SupportAndPackedSizes) {
@@ -407,6 +418,23 @@ TEST(KsCublasSizesTest, LeadingDimensionsOfEachLayoutAreChecked) {
   EXPECT_FALSE(CublasSizesFit(params, KsAlgorithm::kDense));
   params = {.batch = 1568, .pattern = {1, 768, 192, 4}, .layout = BatchLayout::kBatchLast};
   EXPECT_TRUE(CublasSizesFit(params, KsAlgorithm::kBmm));
+}
+
+// Without packed weights or a workspace the rule takes bmm where it reads the blocks in place (d = 1,
+// sizes cuBLAS takes), else the fused kernel batch-first and the naive one batch-last.
+TEST(KsKernelChoiceTest, DefaultChoiceTakesBmmInPlaceForDOne) {
+  KsFactorParams params{.batch = 196, .pattern = {6, 64, 64, 1}, .dtype = DType::kBFloat16};
+  EXPECT_TRUE(DefaultKernelChoice(params) == KsKernelChoice{.algorithm = KsAlgorithm::kBmm});
+  params.layout = BatchLayout::kBatchLast;
+  EXPECT_TRUE(DefaultKernelChoice(params) == KsKernelChoice{.algorithm = KsAlgorithm::kBmm});
+  params.pattern = {1, 192, 192, 4};
+  EXPECT_TRUE(DefaultKernelChoice(params) == KsKernelChoice{.algorithm = KsAlgorithm::kNaive});
+  params.layout = BatchLayout::kBatchFirst;
+  const KsKernelChoice fused{.algorithm = KsAlgorithm::kFused, .tile = FusedTile::kWgTma};
+  EXPECT_TRUE(DefaultKernelChoice(params) == fused);
+  // batch·b past 2^31: cuBLAS cannot take it, the fused kernel can.
+  params = {.batch = (int64_t{1} << 31) / 64 + 1, .pattern = {1, 64, 64, 1}, .dtype = DType::kFloat32};
+  EXPECT_EQ(DefaultKernelChoice(params).algorithm, KsAlgorithm::kFused);
 }
 
 // Every block of the fused kernels' grid decodes to a distinct (i, j-group, r-tile, n-tile).
