@@ -336,8 +336,8 @@ int Run() {
         Case bench_case(p, batch, dtype, stream);
         if (!bench_case.Prepare(seed++)) {
           std::fprintf(stderr, "\n  skipped: buffers do not fit on the device\n");
-          csv << absl::StrFormat("%s,%d,%d,%d,%d,%d,%s,,,,,,,,skipped: out of memory,,,,,\n", named.source, p.a, p.b,
-                                 p.c, p.d, batch, kernels::DTypeName(dtype));
+          csv << absl::StrFormat("%s,%d,%d,%d,%d,%d,%s,,,,,,,,,skipped: out of memory,,,,,,,,,,\n",
+                                 named.source, p.a, p.b, p.c, p.d, batch, kernels::DTypeName(dtype));
           continue;
         }
         const double element = kernels::DTypeSize(dtype);
@@ -361,12 +361,13 @@ int Run() {
           dense = bench_case.Measure({.algorithm = KsAlgorithm::kDense}, options);
           if (dense) results.push_back(*dense);
         }
-        // rule: what KsFactorForwardCuda runs without a choice (bmm for d = 1, else rule_fused).
+        // rule: the rule's pick (DefaultKernelChoice: bmm for d = 1, else rule_fused), timed like every
+        // candidate, with the weights packed as the kernel reads them.
         std::optional<Measured> best_fused, rule_fused, rule;
         const kernels::FusedTile rule_tile = kernels::DefaultFusedTile(p, batch, dtype);
         const KsKernelChoice rule_choice =
             kernels::DefaultKernelChoice({.batch = batch, .pattern = p, .dtype = dtype});
-        if (rule_choice == KsKernelChoice{.algorithm = KsAlgorithm::kBmm}) rule = bmm;
+        if (bmm && bmm->correct && rule_choice == KsKernelChoice{.algorithm = KsAlgorithm::kBmm}) rule = bmm;
         for (const KsKernelChoice& candidate : kernels::KernelCandidates(p, dtype, options)) {
           if (candidate.algorithm != KsAlgorithm::kFused) continue;
           const kernels::FusedTile tile = candidate.tile;
@@ -374,7 +375,7 @@ int Run() {
           if (!fused) continue;
           results.push_back(*fused);
           if (tile == rule_tile) rule_fused = fused;
-          if (candidate == rule_choice) rule = fused;
+          if (fused->correct && candidate == rule_choice) rule = fused;
           if (fused->correct && (!best_fused || fused->ms < best_fused->ms)) best_fused = fused;
         }
         bool all_correct = true;

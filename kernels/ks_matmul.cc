@@ -356,8 +356,8 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
       return RegisterStagedMmaTile(pattern);
     }
     if (batch > 64) {
-      // wg-tma for d = 2, 4 and multiples of 8: at 196 and 1568 rows a median 1.0-2.5x the time of
-      // the 32 × 32 tile, which is the next best.
+      // wg-tma for d = 2, 4 and multiples of 8: at 196 and 1568 rows the 32 × 32 tile, the next
+      // best, takes a median 1.0-2.5x as long.
       if (d == 2 || d == 4 || d % 8 == 0) return FusedTile::kWgTma;
       if (d == 1 && batch > 512) return pattern.b > 64 ? FusedTile::kTcM128N128 : FusedTile::kTcM128N64;
       if (d == 1 || d % 4 == 0) return FusedTile::kTcM32N32;
@@ -609,9 +609,14 @@ int64_t BmmOutputOffset(int64_t batch, const KsPattern& pattern, DType dtype) {
 KsKernelChoice DefaultKernelChoice(const KsFactorParams& params) {
   // d = 1: a batched GEMM over the a blocks as they lie, which cuBLAS runs faster than every fused
   // tile at every batch size of the H200 sweep (bench/results/h200-ksbench-candidates.csv: the
-  // rule's fused tile was a median 0.25-0.77x of bmm). The call validates either choice.
-  if (params.pattern.d == 1 && CublasSizesFit(params, KsAlgorithm::kBmm))
+  // rule's fused tile took a median 1.3-4x as long). Its bias and activation run as a second pass
+  // over y, which for 16-bit types rounds twice: there the fused tiles keep the epilogue exact.
+  // The call validates either choice.
+  const bool exact_epilogue =
+      params.dtype == DType::kFloat32 || (params.bias == nullptr && params.activation == Activation::kNone);
+  if (params.pattern.d == 1 && exact_epilogue && CublasSizesFit(params, KsAlgorithm::kBmm)) {
     return {.algorithm = KsAlgorithm::kBmm};
+  }
   if (params.layout == BatchLayout::kBatchLast) return {.algorithm = KsAlgorithm::kNaive};
   return {.algorithm = KsAlgorithm::kFused,
           .tile = DefaultFusedTile(params.pattern, params.batch, params.dtype)};

@@ -42,8 +42,10 @@ absl::Status KsFactorForwardCpu(const KsFactorParams& params);
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream);
 
 // The rule's pick among the algorithms that need neither packed weights nor a workspace: bmm
-// where d = 1 and cuBLAS takes the sizes (the blocks are read where they lie), else batch-first
-// the fused kernel with DefaultFusedTile, batch-last the naive kernel.
+// where d = 1, cuBLAS takes the sizes (the blocks are read where they lie) and its separate
+// epilogue is exact (FP32, or no bias and no activation), else batch-first the fused kernel with
+// DefaultFusedTile, batch-last the naive kernel. Tiles that read packed weights (the tc tiles,
+// wg-tma) run their variant for interchange weights when none are given.
 KsKernelChoice DefaultKernelChoice(const KsFactorParams& params);
 
 // The fused tile chosen by rule for a pattern, batch and dtype.

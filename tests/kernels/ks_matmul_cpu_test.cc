@@ -310,6 +310,15 @@ TEST(KsKernelChoiceTest, DefaultTileFollowsDAndBatch) {
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 12}, 1568, DType::kBFloat16), FusedTile::kTcM32N32);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 1}, 196, DType::kBFloat16), FusedTile::kTcM32N32);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 1}, 1568, DType::kBFloat16), FusedTile::kTcM128N128);
+  // The batch boundaries of the 16-bit rule: 64 | 65 rows, 512 | 513 (d = 1), 4096 | 4097.
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 8}, 64, DType::kBFloat16), FusedTile::kTcM32N32);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 8}, 65, DType::kBFloat16), FusedTile::kWgTma);
+  EXPECT_EQ(DefaultFusedTile({1, 48, 48, 1}, 512, DType::kBFloat16), FusedTile::kTcM32N32);
+  EXPECT_EQ(DefaultFusedTile({1, 48, 48, 1}, 513, DType::kBFloat16), FusedTile::kTcM128N64);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 16}, 4096, DType::kBFloat16), FusedTile::kWgTma);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 128, 16}, 4097, DType::kBFloat16), FusedTile::kTcM64N64K16);
+  EXPECT_EQ(DefaultFusedTile({1, 96, 96, 3}, 1568, DType::kBFloat16), FusedTile::kMmaJ1M128N128);
+  EXPECT_EQ(DefaultFusedTile({1, 96, 96, 6}, 196, DType::kFloat16), FusedTile::kMmaJ4M64N64);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 4}, 25088, DType::kBFloat16), FusedTile::kWgTmaPairX);
   EXPECT_EQ(DefaultFusedTile({1, 192, 192, 4}, 25088, DType::kBFloat16), FusedTile::kWgTma);
   EXPECT_EQ(DefaultFusedTile({1, 256, 256, 8}, 25088, DType::kBFloat16), FusedTile::kWgTma);
@@ -432,9 +441,29 @@ TEST(KsKernelChoiceTest, DefaultChoiceTakesBmmInPlaceForDOne) {
   params.layout = BatchLayout::kBatchFirst;
   const KsKernelChoice fused{.algorithm = KsAlgorithm::kFused, .tile = FusedTile::kWgTma};
   EXPECT_TRUE(DefaultKernelChoice(params) == fused);
-  // batch·b past 2^31: cuBLAS cannot take it, the fused kernel can.
+  // batch·b past 2^31: cuBLAS cannot take it, the fused kernel (batch-last: the naive one) can.
   params = {.batch = (int64_t{1} << 31) / 64 + 1, .pattern = {1, 64, 64, 1}, .dtype = DType::kFloat32};
   EXPECT_EQ(DefaultKernelChoice(params).algorithm, KsAlgorithm::kFused);
+  params.layout = BatchLayout::kBatchLast;
+  params.batch = (int64_t{1} << 31) + 1;  // ld = batch·d
+  EXPECT_EQ(DefaultKernelChoice(params).algorithm, KsAlgorithm::kNaive);
+}
+
+// bmm's bias and activation are a second pass over y: exact in FP32, a second rounding in 16-bit
+// types, where the fused tiles run the epilogue instead.
+TEST(KsKernelChoiceTest, DefaultChoiceKeepsTheEpilogueExact) {
+  const float bias = 0;
+  KsFactorParams params{.bias = &bias, .batch = 196, .pattern = {6, 64, 64, 1}, .dtype = DType::kFloat32};
+  EXPECT_EQ(DefaultKernelChoice(params).algorithm, KsAlgorithm::kBmm);
+  params.dtype = DType::kBFloat16;
+  EXPECT_TRUE(DefaultKernelChoice(params) ==
+              (KsKernelChoice{.algorithm = KsAlgorithm::kFused, .tile = FusedTile::kTcM32N32}));
+  params.bias = nullptr;
+  params.activation = Activation::kGeluTanh;
+  params.dtype = DType::kFloat16;
+  EXPECT_EQ(DefaultKernelChoice(params).algorithm, KsAlgorithm::kFused);
+  params.activation = Activation::kNone;
+  EXPECT_EQ(DefaultKernelChoice(params).algorithm, KsAlgorithm::kBmm);
 }
 
 // Every block of the fused kernels' grid decodes to a distinct (i, j-group, r-tile, n-tile).
