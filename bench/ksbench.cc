@@ -150,7 +150,7 @@ class Case {
       return std::nullopt;
     }
     Measured measured{.choice = choice, .ms = *ms};
-    measured.error = Check(choice, layout);
+    measured.error = Check(choice, layout, options.packed_weights);
     measured.correct = measured.error <= (dtype_ == DType::kFloat32 ? 1e-5 : 1e-2);
     return measured;
   }
@@ -196,15 +196,16 @@ class Case {
     return reference;
   }
 
-  double Check(const KsKernelChoice& choice, BatchLayout layout) {
+  double Check(const KsKernelChoice& choice, BatchLayout layout, bool packed_weights) {
     const int64_t size = kernels::DTypeSize(dtype_), out = pattern_.out_features();
-    const int64_t packed_bytes = *kernels::PackedWeightBytes(choice, pattern_, dtype_);
+    const int64_t packed_bytes = packed_weights ? *kernels::PackedWeightBytes(choice, pattern_, dtype_) : 0;
     const int64_t workspace_bytes =
         *kernels::FactorWorkspaceBytes(choice.algorithm, pattern_, batch_, dtype_, layout);
     DeviceBuffer packed = TryAllocate(packed_bytes), workspace = TryAllocate(workspace_bytes);
     if (!packed || !workspace) return NAN;
     CheckCuda(cudaMemsetAsync(y_.get(), 0xff, batch_ * out * size, stream_), "poison y");  // NaN in every dtype
-    if (!kernels::PackWeightsCuda(choice, pattern_, dtype_, w_.get(), packed.get(), stream_).ok() ||
+    if ((packed_weights &&
+         !kernels::PackWeightsCuda(choice, pattern_, dtype_, w_.get(), packed.get(), stream_).ok()) ||
         !kernels::KsFactorForwardCuda(Params(layout), choice, packed.get(), workspace.get(), stream_).ok()) {
       return NAN;
     }
@@ -289,7 +290,8 @@ int Run() {
                            ceilings.gemm_flops_per_s[static_cast<int>(dtype)] / 1e12);
   }
   csv << "\nsource,a,b,c,d,batch,dtype,floor_ms,dense_ms,bmm_ms,baseline_ms,best_fused,best_fused_ms,"
-         "rule_fused_ms,rule_ms,dispatched,dispatched_first_ms,baseline_retimed_ms,dispatched_ms,speedup,"
+         "rule_fused_ms,rule_ms,rule_interchange_ms,dispatched,dispatched_first_ms,baseline_retimed_ms,"
+         "dispatched_ms,speedup,"
          "pct_floor,correct,max_error,batch_last_pick,batch_last_ms,batch_last_speedup\n";
 
   kernels::KsTuneOptions options;
@@ -336,7 +338,7 @@ int Run() {
         Case bench_case(p, batch, dtype, stream);
         if (!bench_case.Prepare(seed++)) {
           std::fprintf(stderr, "\n  skipped: buffers do not fit on the device\n");
-          csv << absl::StrFormat("%s,%d,%d,%d,%d,%d,%s,,,,,,,,,skipped: out of memory,,,,,,,,,,\n",
+          csv << absl::StrFormat("%s,%d,%d,%d,%d,%d,%s,,,,,,,,,,skipped: out of memory,,,,,,,,,,\n",
                                  named.source, p.a, p.b, p.c, p.d, batch, kernels::DTypeName(dtype));
           continue;
         }
@@ -362,12 +364,14 @@ int Run() {
           if (dense) results.push_back(*dense);
         }
         // rule: the rule's pick (DefaultKernelChoice: bmm for d = 1, else rule_fused), timed like every
-        // candidate, with the weights packed as the kernel reads them.
-        std::optional<Measured> best_fused, rule_fused, rule;
+        // candidate, with the weights packed as the kernel reads them; rule_interchange: the same on
+        // the interchange weights, as KsFactorForwardCuda(params, stream) and the LibTorch ops run it.
+        std::optional<Measured> best_fused, rule_fused, rule, rule_interchange;
         const kernels::FusedTile rule_tile = kernels::DefaultFusedTile(p, batch, dtype);
         const KsKernelChoice rule_choice =
             kernels::DefaultKernelChoice({.batch = batch, .pattern = p, .dtype = dtype});
-        if (bmm && bmm->correct && rule_choice == KsKernelChoice{.algorithm = KsAlgorithm::kBmm}) rule = bmm;
+        const bool rule_is_bmm = rule_choice == KsKernelChoice{.algorithm = KsAlgorithm::kBmm};
+        if (bmm && bmm->correct && rule_is_bmm) rule = bmm;
         for (const KsKernelChoice& candidate : kernels::KernelCandidates(p, dtype, options)) {
           if (candidate.algorithm != KsAlgorithm::kFused) continue;
           const kernels::FusedTile tile = candidate.tile;
@@ -378,13 +382,20 @@ int Run() {
           if (fused->correct && candidate == rule_choice) rule = fused;
           if (fused->correct && (!best_fused || fused->ms < best_fused->ms)) best_fused = fused;
         }
+        if (rule_is_bmm) {
+          rule_interchange = rule;  // d = 1: bmm reads the interchange weights either way
+        } else {
+          kernels::KsTuneOptions interchange = options;
+          interchange.packed_weights = false;
+          rule_interchange = bench_case.Measure(rule_choice, interchange);
+        }
         bool all_correct = true;
         double max_error = 0;
-        // Every candidate's row in the candidates CSV (batch-last ones named "batch-last/..."); a
-        // wrong one is reported and fails the case.
-        const auto record = [&](const Measured& m, BatchLayout layout) {
-          const std::string name =
-              (layout == BatchLayout::kBatchLast ? "batch-last/" : "") + kernels::KernelChoiceName(m.choice);
+        // Every candidate's row in the candidates CSV (batch-last ones named "batch-last/...", the
+        // rule's pick on the interchange weights "interchange-w/..."); a wrong one is reported and
+        // fails the case.
+        const auto record = [&](const Measured& m, const char* prefix) {
+          const std::string name = prefix + kernels::KernelChoiceName(m.choice);
           candidates_csv << absl::StrFormat("%s,%d,%d,%d,%d,%d,%s,%s,%.5f,%.3g\n", named.source, p.a, p.b,
                                             p.c, p.d, batch, kernels::DTypeName(dtype), name, m.ms, m.error);
           all_correct = all_correct && m.correct;
@@ -395,7 +406,10 @@ int Run() {
                          kernels::DTypeName(dtype).c_str(), m.error);
           }
         };
-        for (const Measured& m : results) record(m, BatchLayout::kBatchFirst);
+        for (const Measured& m : results) record(m, "");
+        if (rule_interchange && !rule_is_bmm) {
+          record(*rule_interchange, "interchange-w/");
+        }
         // The dispatcher's autotuned pick: the fastest correct candidate.
         std::optional<Measured> dispatched;
         for (const Measured& m : results) {
@@ -427,7 +441,7 @@ int Run() {
             if (choice.algorithm == KsAlgorithm::kDense && !dense) continue;  // out of reach batch-first too
             const std::optional<Measured> m = bench_case.Measure(choice, options, BatchLayout::kBatchLast);
             if (!m) continue;
-            record(*m, BatchLayout::kBatchLast);
+            record(*m, "batch-last/");
             if (m->correct && (!batch_last || m->ms < batch_last->ms)) batch_last = m;
           }
         }
@@ -449,11 +463,13 @@ int Run() {
         if (std::isfinite(batch_last_speedup)) summary.batch_last_speedup.push_back(batch_last_speedup);
         const auto ms = [](double v) { return std::isnan(v) ? std::string() : absl::StrFormat("%.5f", v); };
         csv << absl::StrFormat(
-            "%s,%d,%d,%d,%d,%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%.3f,%.1f,%s,%.3g,%s,%s,%s\n",
+            "%s,%d,%d,%d,%d,%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%.3f,%.1f,%s,%.3g,%s,%s,%s\n",
             named.source, p.a, p.b, p.c, p.d, batch, kernels::DTypeName(dtype), ms(floor_ms), ms(dense_ms),
             ms(bmm_ms), ms(baseline_ms), best_fused ? kernels::KernelChoiceName(best_fused->choice) : "",
             ms(best_fused ? best_fused->ms : NAN), ms(rule_fused ? rule_fused->ms : NAN),
-            ms(rule ? rule->ms : NAN), dispatched ? kernels::KernelChoiceName(dispatched->choice) : "",
+            ms(rule ? rule->ms : NAN),
+            ms(rule_interchange && rule_interchange->correct ? rule_interchange->ms : NAN),
+            dispatched ? kernels::KernelChoiceName(dispatched->choice) : "",
             ms(dispatched ? dispatched->ms : NAN), ms(baseline_retimed_ms), ms(dispatched_ms), speedup,
             pct_floor, all_correct ? "yes" : "NO", max_error,
             batch_last ? kernels::KernelChoiceName(batch_last->choice) : "", ms(batch_last_ms),

@@ -9,7 +9,8 @@ pick's ratio is the CSV's `speedup`: the pick and the best baseline timed again,
 the timings that chose it, so noise can put it below 1. Also prints
 a table per dtype and batch: median and worst speedup of the autotuned pick, of the best fused
 tile, and of the rule's pick (what KsFactorForwardCuda runs without autotuning: bmm for d = 1, else
-the rule's fused tile; in CSVs without `rule_ms`, the rule's tile).
+the rule's fused tile; in CSVs without `rule_ms`, the rule's tile), and where the CSV has it, of the
+rule's pick on the interchange weights (`rule_interchange_ms`: no packing, as the LibTorch ops run).
 """
 import csv
 import sys
@@ -46,9 +47,13 @@ def print_table(rows, dtypes, batches):
     # rule_ms: what runs without tuning (bmm for d = 1, else the rule's tile); older CSVs: the tile.
     rule_key = "rule_ms" if rows and "rule_ms" in rows[0] else "rule_fused_ms"
     rule_name = "rule pick" if rule_key == "rule_ms" else "rule tile"
+    # rule_interchange_ms: the same pick on the interchange weights (no packing), where recorded.
+    interchange = bool(rows) and "rule_interchange_ms" in rows[0]
     print("| dtype | batch | autotuned: median | best fused tile: median / worst / patterns below 1 "
-          f"| {rule_name}: median / worst / patterns below 1 | autotuned: median % of floor |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"| {rule_name}: median / worst / patterns below 1 "
+          + ("| rule pick, interchange weights: median / worst / patterns below 1 " if interchange else "")
+          + "| autotuned: median % of floor |")
+    print("| --- | --- | --- | --- | --- | --- |" + (" --- |" if interchange else ""))
     for dtype in dtypes:
         for batch in batches:
             sel = [r for r in rows if r["dtype"] == dtype and int(r["batch"]) == batch]
@@ -57,10 +62,15 @@ def print_table(rows, dtypes, batches):
             fused = [b / float(r["best_fused_ms"]) for b, r in zip(base, sel)]
             rule = [b / float(r[rule_key]) for b, r in zip(base, sel) if r[rule_key]]
             floor = [float(r["pct_floor"]) for r in sel]
+            columns = [rule]
+            if interchange:
+                columns.append(
+                    [b / float(r["rule_interchange_ms"]) for b, r in zip(base, sel) if r["rule_interchange_ms"]])
             print(f"| {dtype} | {batch} | {median(tuned):.2f}x "
                   f"| {median(fused):.2f}x / {min(fused):.2f}x / {sum(v < 1 for v in fused)} of {len(fused)} "
-                  f"| {median(rule):.2f}x / {min(rule):.2f}x / {sum(v < 1 for v in rule)} of {len(rule)} "
-                  f"| {median(floor):.1f}% |")
+                  + "".join(f"| {median(c):.2f}x / {min(c):.2f}x / {sum(v < 1 for v in c)} of {len(c)} "
+                            if c else "| n/a " for c in columns)
+                  + f"| {median(floor):.1f}% |")
 
 
 def main(csv_path, png_path):

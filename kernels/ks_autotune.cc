@@ -60,7 +60,8 @@ using Event = std::unique_ptr<CUevent_st, EventDeleter>;
 
 absl::StatusOr<double> TimeOne(const KsFactorParams& params, const KsKernelChoice& choice,
                                const KsTuneOptions& options, void* l2_flush, CudaStream stream) {
-  absl::StatusOr<int64_t> packed_bytes = PackedWeightBytes(choice, params.pattern, params.dtype);
+  absl::StatusOr<int64_t> packed_bytes =
+      options.packed_weights ? PackedWeightBytes(choice, params.pattern, params.dtype) : int64_t{0};
   if (!packed_bytes.ok()) return packed_bytes.status();
   absl::StatusOr<int64_t> workspace_bytes =
       FactorWorkspaceBytes(choice.algorithm, params.pattern, params.batch, params.dtype, params.layout);
@@ -69,10 +70,12 @@ absl::StatusOr<double> TimeOne(const KsFactorParams& params, const KsKernelChoic
   if (!packed.ok()) return packed.status();
   absl::StatusOr<DeviceBuffer> workspace = Allocate(*workspace_bytes);
   if (!workspace.ok()) return workspace.status();
-  if (absl::Status s =
-          PackWeightsCuda(choice, params.pattern, params.dtype, params.w, packed->get(), stream);
-      !s.ok()) {
-    return s;
+  if (options.packed_weights) {
+    if (absl::Status s =
+            PackWeightsCuda(choice, params.pattern, params.dtype, params.w, packed->get(), stream);
+        !s.ok()) {
+      return s;
+    }
   }
   cudaEvent_t raw_start = nullptr, raw_stop = nullptr;
   if (absl::Status s = Check(cudaEventCreate(&raw_start), "cudaEventCreate"); !s.ok()) return s;

@@ -42,6 +42,11 @@ struct KsTuneOptions {
   // Overwrite this many bytes of scratch memory before each timed run, so inputs that fit in L2
   // are not timed from the cache (a server's layers evict each other between calls).
   int64_t l2_flush_bytes = int64_t{128} << 20;
+  // Each candidate reads its weights packed as it prefers (PackWeightsCuda, as a layer holds them
+  // after load); false: the interchange weights, as KsFactorForwardCuda(params, stream) runs it (the
+  // tiles that read packed weights then run their variant for interchange weights; bmm with d > 1
+  // cannot run).
+  bool packed_weights = true;
 };
 
 // The candidates tried for a factor: every fused tile (batch-first only), bmm, and dense within

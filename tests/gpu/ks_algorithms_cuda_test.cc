@@ -405,6 +405,29 @@ TEST_F(CudaAlgorithmsTest, AutotuneTimesEveryCandidateAndReturnsTheFastestFirst)
   ASSERT_EQ(times->size(), candidates.size());
   for (size_t k = 1; k < times->size(); ++k) EXPECT_LE((*times)[k - 1].median_ms, (*times)[k].median_ms);
   EXPECT_GT(times->front().median_ms, 0.0);
+
+  // On the interchange weights: the tiles that read packed ones run their other variant, dense and
+  // bmm with d > 1 cannot run and are left out.
+  KsTuneOptions interchange = options;
+  interchange.packed_weights = false;
+  const KsPattern q{1, 64, 64, 4};
+  const torch::Tensor wq = torch::randn({q.a, q.b, q.c, q.d}, cuda_).to(torch::kBFloat16);
+  const torch::Tensor xq = torch::randn({batch, q.in_features()}, cuda_).to(torch::kBFloat16);
+  torch::Tensor yq = torch::empty({batch, q.out_features()}, xq.options());
+  const KsFactorParams qparams{.x = xq.const_data_ptr(),
+                               .w = wq.const_data_ptr(),
+                               .y = yq.mutable_data_ptr(),
+                               .batch = batch,
+                               .pattern = q,
+                               .dtype = DType::kBFloat16};
+  const KsKernelChoice wg{.algorithm = KsAlgorithm::kFused, .tile = FusedTile::kWgTma};
+  const KsKernelChoice bmm{.algorithm = KsAlgorithm::kBmm};
+  absl::StatusOr<std::vector<KsCandidateTime>> unpacked =
+      TimeKernelCandidates(qparams, {wg, bmm}, interchange, c10::cuda::getCurrentCUDAStream().stream());
+  ASSERT_TRUE(unpacked.ok()) << unpacked.status();
+  ASSERT_EQ(unpacked->size(), 1u);
+  EXPECT_TRUE(unpacked->front().choice == wg);
+  EXPECT_GT(unpacked->front().median_ms, 0.0);
 }
 #endif
 
