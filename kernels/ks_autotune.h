@@ -44,8 +44,8 @@ struct KsTuneOptions {
   int64_t l2_flush_bytes = int64_t{128} << 20;
   // Each candidate reads its weights packed as it prefers (PackWeightsCuda, as a layer holds them
   // after load); false: the interchange weights, as KsFactorForwardCuda(params, stream) runs it (the
-  // tiles that read packed weights then run their variant for interchange weights; bmm with d > 1
-  // cannot run).
+  // tiles that read packed weights then run their variant for interchange weights; dense, and bmm
+  // with d > 1, cannot run and are left out).
   bool packed_weights = true;
 };
 
