@@ -335,8 +335,9 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
   // from the BF16 batch-25088 sweeps and the H100 sweep.
   const int64_t d = pattern.d;
   if (dtype != DType::kFloat32) {
+    // d = 1 above 512 rows: plain GEMM tiles of 128 rows.
+    if (d == 1 && batch > 512) return pattern.b > 64 ? FusedTile::kTcM128N128 : FusedTile::kTcM128N64;
     if (batch > 4096) {
-      if (d == 1) return pattern.b > 64 ? FusedTile::kTcM128N128 : FusedTile::kTcM128N64;
       // d = 2, 4 and 8: the persistent TMA + warpgroup-MMA tile (1.6-2.9x the best pipelined tile
       // on an H200 but for one small d = 2 pattern, bench/results/h200-ksbench-bf16-25088-
       // candidates.csv; where it cannot run it hands over to kTcM64N64K16), in clusters sharing x
@@ -359,7 +360,6 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
       // wg-tma for d = 2, 4 and multiples of 8: at 196 and 1568 rows the 32 × 32 tile, the next
       // best, takes a median 1.0-2.5x as long.
       if (d == 2 || d == 4 || d % 8 == 0) return FusedTile::kWgTma;
-      if (d == 1 && batch > 512) return pattern.b > 64 ? FusedTile::kTcM128N128 : FusedTile::kTcM128N64;
       if (d == 1 || d % 4 == 0) return FusedTile::kTcM32N32;
       return RegisterStagedMmaTile(pattern);
     }
