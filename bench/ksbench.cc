@@ -199,14 +199,15 @@ class Case {
   double Check(const KsKernelChoice& choice, BatchLayout layout, bool packed_weights) {
     const int64_t size = kernels::DTypeSize(dtype_), out = pattern_.out_features();
     const int64_t packed_bytes = packed_weights ? *kernels::PackedWeightBytes(choice, pattern_, dtype_) : 0;
-    const int64_t workspace_bytes =
-        *kernels::FactorWorkspaceBytes(choice.algorithm, pattern_, batch_, dtype_, layout);
+    const int64_t workspace_bytes = *kernels::FactorWorkspaceBytes(choice.algorithm, Params(layout));
     DeviceBuffer packed = TryAllocate(packed_bytes), workspace = TryAllocate(workspace_bytes);
     if (!packed || !workspace) return NAN;
     CheckCuda(cudaMemsetAsync(y_.get(), 0xff, batch_ * out * size, stream_), "poison y");  // NaN in every dtype
     if ((packed_weights &&
          !kernels::PackWeightsCuda(choice, pattern_, dtype_, w_.get(), packed.get(), stream_).ok()) ||
-        !kernels::KsFactorForwardCuda(Params(layout), choice, packed.get(), workspace.get(), stream_).ok()) {
+        !kernels::KsFactorForwardCuda(Params(layout), choice, packed_weights ? packed.get() : nullptr,
+                                      workspace.get(), stream_)
+             .ok()) {
       return NAN;
     }
     return testing::RelativeError(ReadSampled(y_.get(), out, layout),

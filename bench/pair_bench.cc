@@ -45,8 +45,7 @@ struct FactorCall {
 
   bool Prepare(cudaStream_t stream) {
     const int64_t packed_bytes = *kernels::PackedWeightBytes(choice, params.pattern, params.dtype);
-    const int64_t workspace_bytes =
-        *kernels::FactorWorkspaceBytes(choice.algorithm, params.pattern, params.batch, params.dtype);
+    const int64_t workspace_bytes = *kernels::FactorWorkspaceBytes(choice.algorithm, params);
     packed = TryAllocate(packed_bytes);
     workspace = TryAllocate(workspace_bytes);
     return packed && workspace &&

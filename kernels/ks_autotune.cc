@@ -63,8 +63,7 @@ absl::StatusOr<double> TimeOne(const KsFactorParams& params, const KsKernelChoic
   absl::StatusOr<int64_t> packed_bytes =
       options.packed_weights ? PackedWeightBytes(choice, params.pattern, params.dtype) : int64_t{0};
   if (!packed_bytes.ok()) return packed_bytes.status();
-  absl::StatusOr<int64_t> workspace_bytes =
-      FactorWorkspaceBytes(choice.algorithm, params.pattern, params.batch, params.dtype, params.layout);
+  absl::StatusOr<int64_t> workspace_bytes = FactorWorkspaceBytes(choice.algorithm, params);
   if (!workspace_bytes.ok()) return workspace_bytes.status();
   absl::StatusOr<DeviceBuffer> packed = Allocate(*packed_bytes);
   if (!packed.ok()) return packed.status();

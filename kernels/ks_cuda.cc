@@ -79,21 +79,42 @@ absl::Status CublasSizes(const KsFactorParams& p, KsAlgorithm algorithm) {
                                                     PatternToString(p.pattern), p.batch));
 }
 
-// y = act(y + bias) after a cuBLAS product, in the call's layout.
-absl::Status Epilogue(const KsFactorParams& p, cudaStream_t stream) {
-  if (p.bias == nullptr && p.activation == Activation::kNone) return absl::OkStatus();
-  const int64_t out = p.pattern.out_features();
-  return CudaStatus(
-      p.layout == BatchLayout::kBatchLast
-          ? cuda::LaunchEpilogueBatchLast(p.y, p.bias, p.batch, out, p.dtype, p.activation, stream)
-          : cuda::LaunchEpilogue(p.y, p.bias, p.batch, out, p.dtype, p.activation, stream),
-      "epilogue");
+// Where a cuBLAS product lands before the epilogue: in y, or, for 16-bit types with a bias or
+// activation, in FP32 in the workspace, so that y is rounded once, as the fused tiles round it.
+struct Product {
+  void* data = nullptr;
+  cudaDataType_t type = CUDA_R_32F;
+  int64_t element_bytes = 4;
+  bool in_float = false;
+};
+
+absl::StatusOr<Product> ProductOf(const KsFactorParams& p, void* workspace) {
+  if (!CublasProductInFp32(p)) {
+    return Product{.data = p.y, .type = CudaType(p.dtype), .element_bytes = DTypeSize(p.dtype)};
+  }
+  if (workspace == nullptr) {
+    return absl::InvalidArgumentError(
+        "a 16-bit cuBLAS call with a bias or activation needs a workspace (FactorWorkspaceBytes) for its "
+        "FP32 product");
+  }
+  return Product{.data = workspace, .type = CUDA_R_32F, .element_bytes = 4, .in_float = true};
 }
 
-absl::Status RunDense(const KsFactorParams& p, const void* dense, cudaStream_t stream) {
+// y = act(product + bias) after a cuBLAS product, in the call's layout; nothing to do when the
+// product is y and there is no epilogue.
+absl::Status Epilogue(const KsFactorParams& p, const Product& product, cudaStream_t stream) {
+  if (p.bias == nullptr && p.activation == Activation::kNone) return absl::OkStatus();
+  return CudaStatus(cuda::LaunchEpilogue(product.data, product.in_float, p.bias, p.y, p.batch,
+                                         p.pattern.out_features(), p.dtype, p.layout, p.activation, stream),
+                    "epilogue");
+}
+
+absl::Status RunDense(const KsFactorParams& p, const void* dense, void* workspace, cudaStream_t stream) {
   if (dense == nullptr) return absl::InvalidArgumentError("the dense algorithm needs packed (densified) weights");
   absl::StatusOr<cublasHandle_t> handle = Handle(stream);
   if (!handle.ok()) return handle.status();
+  absl::StatusOr<Product> product = ProductOf(p, workspace);
+  if (!product.ok()) return product.status();
   const int in = static_cast<int>(p.pattern.in_features()), out = static_cast<int>(p.pattern.out_features());
   const float alpha = 1.0f, beta = 0.0f;
   const cudaDataType_t type = CudaType(p.dtype);
@@ -103,19 +124,24 @@ absl::Status RunDense(const KsFactorParams& p, const void* dense, cudaStream_t s
   const cublasStatus_t status =
       p.layout == BatchLayout::kBatchLast
           ? cublasGemmEx(*handle, CUBLAS_OP_N, CUBLAS_OP_N, batch, out, in, &alpha, p.x, type, batch, dense,
-                         type, in, &beta, p.y, type, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
+                         type, in, &beta, product->data, product->type, batch, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT)
           : cublasGemmEx(*handle, CUBLAS_OP_T, CUBLAS_OP_N, out, batch, in, &alpha, dense, type, in, p.x,
-                         type, in, &beta, p.y, type, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                         type, in, &beta, product->data, product->type, out, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT);
   if (absl::Status s = CublasStatus(status, "cublasGemmEx"); !s.ok()) return s;
-  return Epilogue(p, stream);
+  return Epilogue(p, *product, stream);
 }
 
 // Batch-last: block (i, j) of x is a (c × B) matrix with rows d·B apart, of y a (b × B) one, and of
 // the grouped weights [(i·d + j)][r][s] a (b × c) one: strided batched GEMMs, no permutes. One call
 // per j over every i, or per i over every j, whichever makes fewer calls; d = 1 reads w in place.
-absl::Status RunBmmBatchLast(const KsFactorParams& p, const void* grouped_w, cudaStream_t stream) {
+absl::Status RunBmmBatchLast(const KsFactorParams& p, const void* grouped_w, void* workspace,
+                             cudaStream_t stream) {
   absl::StatusOr<cublasHandle_t> handle = Handle(stream);
   if (!handle.ok()) return handle.status();
+  absl::StatusOr<Product> product = ProductOf(p, workspace);
+  if (!product.ok()) return product.status();
   const KsPattern& k = p.pattern;
   const int64_t n = p.batch, size = DTypeSize(p.dtype);
   const float alpha = 1.0f, beta = 0.0f;
@@ -133,7 +159,8 @@ absl::Status RunBmmBatchLast(const KsFactorParams& p, const void* grouped_w, cud
                 *handle, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(k.b),
                 static_cast<int>(k.c), &alpha, static_cast<const char*>(p.x) + x_first * size, type,
                 static_cast<int>(k.d * n), x_step, static_cast<const char*>(grouped_w) + w_first * size, type,
-                static_cast<int>(k.c), w_step, &beta, static_cast<char*>(p.y) + y_first * size, type,
+                static_cast<int>(k.c), w_step, &beta,
+                static_cast<char*>(product->data) + y_first * product->element_bytes, product->type,
                 static_cast<int>(k.d * n), y_step, static_cast<int>(over_i ? k.a : k.d), CUBLAS_COMPUTE_32F,
                 CUBLAS_GEMM_DEFAULT),
             "cublasGemmStridedBatchedEx");
@@ -141,7 +168,7 @@ absl::Status RunBmmBatchLast(const KsFactorParams& p, const void* grouped_w, cud
       return s;
     }
   }
-  return Epilogue(p, stream);
+  return Epilogue(p, *product, stream);
 }
 
 absl::Status RunBmm(const KsFactorParams& p, const void* grouped_w, void* workspace, cudaStream_t stream) {
@@ -153,36 +180,40 @@ absl::Status RunBmm(const KsFactorParams& p, const void* grouped_w, void* worksp
   const cudaDataType_t type = CudaType(p.dtype);
   if (k.d == 1) {
     // x and y are already a (batch × c) and (batch × b) strided matrices per i: no permutes.
+    absl::StatusOr<Product> product = ProductOf(p, workspace);
+    if (!product.ok()) return product.status();
     if (absl::Status s = CublasStatus(
             cublasGemmStridedBatchedEx(*handle, CUBLAS_OP_T, CUBLAS_OP_N, b, batch, c, &alpha, p.w, type, c,
-                                       k.b * k.c, p.x, type, static_cast<int>(k.in_features()), k.c, &beta, p.y, type,
-                                       static_cast<int>(k.out_features()), k.b, static_cast<int>(k.a),
-                                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                                       k.b * k.c, p.x, type, static_cast<int>(k.in_features()), k.c, &beta,
+                                       product->data, product->type, static_cast<int>(k.out_features()), k.b,
+                                       static_cast<int>(k.a), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
             "cublasGemmStridedBatchedEx");
         !s.ok()) {
       return s;
     }
-    return Epilogue(p, stream);
+    return Epilogue(p, *product, stream);
   }
   if (grouped_w == nullptr || workspace == nullptr) {
     return absl::InvalidArgumentError("the bmm algorithm with d > 1 needs packed weights and a workspace");
   }
   void* x_grouped = workspace;
   void* y_grouped = static_cast<char*>(workspace) + BmmOutputOffset(p.batch, k, p.dtype);
+  const bool y_grouped_in_float = CublasProductInFp32(p);
   if (absl::Status s = CudaStatus(cuda::LaunchToGroups(p.x, x_grouped, p.batch, k, p.dtype, stream), "permute x");
       !s.ok()) {
     return s;
   }
   if (absl::Status s = CublasStatus(
-          cublasGemmStridedBatchedEx(*handle, CUBLAS_OP_T, CUBLAS_OP_N, b, batch, c, &alpha, grouped_w, type, c,
-                                     k.b * k.c, x_grouped, type, c, p.batch * k.c, &beta, y_grouped, type, b,
-                                     p.batch * k.b, static_cast<int>(k.a * k.d), CUBLAS_COMPUTE_32F,
-                                     CUBLAS_GEMM_DEFAULT),
+          cublasGemmStridedBatchedEx(*handle, CUBLAS_OP_T, CUBLAS_OP_N, b, batch, c, &alpha, grouped_w, type,
+                                     c, k.b * k.c, x_grouped, type, c, p.batch * k.c, &beta, y_grouped,
+                                     y_grouped_in_float ? CUDA_R_32F : type, b, p.batch * k.b,
+                                     static_cast<int>(k.a * k.d), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
           "cublasGemmStridedBatchedEx");
       !s.ok()) {
     return s;
   }
-  return CudaStatus(cuda::LaunchFromGroups(y_grouped, p.bias, p.y, p.batch, k, p.dtype, p.activation, stream),
+  return CudaStatus(cuda::LaunchFromGroups(y_grouped, y_grouped_in_float, p.bias, p.y, p.batch, k, p.dtype,
+                                           p.activation, stream),
                     "permute y");
 }
 
@@ -219,14 +250,14 @@ absl::Status KsFactorForwardCuda(const KsFactorParams& params, const KsKernelCho
       return CudaStatus(cuda::LaunchKsFactorFused(params, choice.tile, packed_w, stream), "KS fused kernel launch");
     case KsAlgorithm::kDense:
       if (absl::Status s = CublasSizes(params, choice.algorithm); !s.ok()) return s;
-      return RunDense(params, packed_w, stream);
+      return RunDense(params, packed_w, workspace, stream);
     case KsAlgorithm::kBmm:
       if (absl::Status s = CublasSizes(params, choice.algorithm); !s.ok()) return s;
       if (params.layout == BatchLayout::kBatchLast) {
         if (params.pattern.d > 1 && packed_w == nullptr) {
           return absl::InvalidArgumentError("the bmm algorithm with d > 1 needs packed weights");
         }
-        return RunBmmBatchLast(params, params.pattern.d == 1 ? params.w : packed_w, stream);
+        return RunBmmBatchLast(params, params.pattern.d == 1 ? params.w : packed_w, workspace, stream);
       }
       return RunBmm(params, params.pattern.d == 1 ? params.w : packed_w, workspace, stream);
   }

@@ -151,53 +151,81 @@ void FactorCpuInLayout(const KsFactorParams& p) {
 // Where a chain's packed weights start in its workspace: after the intermediates, 256-aligned.
 int64_t ChainPackedOffset(int64_t intermediate_bytes) { return (intermediate_bytes + 255) / 256 * 256; }
 
-// A batch-last chain's workspace on CUDA: the intermediates, then room for the largest d > 1
-// factor's weights, grouped there per call to run as bmm.
-absl::StatusOr<int64_t> WithGroupedWeightRoom(int64_t intermediate_bytes, absl::Span<const KsPattern> chain,
-                                              DType dtype) {
+// A batch-last chain's workspace on CUDA: the intermediates; then room for the largest d > 1
+// factor's weights, grouped there per call to run as bmm; then, for 16-bit types where the last
+// factor runs as bmm, its product in FP32, so that bias and activation round once.
+struct BatchLastScratch {
+  int64_t grouped_offset = -1, product_offset = -1, total = 0;  // offsets -1: no such room
+};
+
+absl::StatusOr<BatchLastScratch> BatchLastCudaScratch(int64_t intermediate_bytes,
+                                                      absl::Span<const KsPattern> chain, int64_t batch,
+                                                      DType dtype) {
+  const absl::Status overflow = absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
   int64_t grouped = 0;
   for (const KsPattern& p : chain) {
     int64_t weight_bytes = 0;
-    if (p.d > 1 && MulOverflows(p.nonzeros(), DTypeSize(dtype), &weight_bytes)) {
-      return absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
-    }
+    if (p.d > 1 && MulOverflows(p.nonzeros(), DTypeSize(dtype), &weight_bytes)) return overflow;
     grouped = std::max(grouped, weight_bytes);
   }
-  if (grouped == 0) return intermediate_bytes;
-  int64_t total = 0;
-  if (__builtin_add_overflow(ChainPackedOffset(intermediate_bytes), grouped, &total)) {
-    return absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
+  BatchLastScratch scratch{.total = intermediate_bytes};
+  if (grouped == 0) return scratch;  // every factor has d = 1: no bmm on grouped weights
+  scratch.grouped_offset = ChainPackedOffset(intermediate_bytes);
+  if (__builtin_add_overflow(scratch.grouped_offset, grouped, &scratch.total)) return overflow;
+  if (dtype == DType::kFloat32 || chain.back().d == 1) return scratch;
+  int64_t product_bytes = 0;
+  scratch.product_offset = ChainPackedOffset(scratch.total);
+  if (MulOverflows(batch, chain.back().out_features(), &product_bytes) ||
+      MulOverflows(product_bytes, 4, &product_bytes) ||
+      __builtin_add_overflow(scratch.product_offset, product_bytes, &scratch.total)) {
+    return overflow;
   }
-  return total;
+  return scratch;
 }
 
-// Runs a chain as factor calls through factor(params, scratch), ping-ponging intermediates in the
-// workspace; `scratch` is the workspace past them (ChainWorkspaceBytes sized it for the layout), or
-// null where the path needs none (uses_scratch false: the CPU).
+// Where a chain factor on CUDA may put its grouped weights and its FP32 product (null: no room).
+struct ChainScratch {
+  void* grouped_weights = nullptr;
+  void* product = nullptr;
+};
+
+// Runs a chain as factor calls through factor(params, grouped_w, scratch), ping-ponging
+// intermediates in the workspace; grouped_w is the factor's grouped weights or null; `scratch`
+// points past the intermediates (ChainWorkspaceBytes sized it for the layout), or is empty where
+// the path needs none (uses_scratch false: the CPU).
 template <typename FactorFn>
 absl::Status RunChain(const KsChainParams& p, bool uses_scratch, FactorFn factor) {
   const absl::StatusOr<int64_t> intermediate_bytes =
       ChainWorkspaceBytes(p.patterns, p.batch, p.dtype, BatchLayout::kBatchFirst);
   if (!intermediate_bytes.ok()) return intermediate_bytes.status();  // also validates the chain
-  const absl::StatusOr<int64_t> workspace_bytes =
-      uses_scratch && p.layout == BatchLayout::kBatchLast
-          ? WithGroupedWeightRoom(*intermediate_bytes, p.patterns, p.dtype)
-          : intermediate_bytes;
-  if (!workspace_bytes.ok()) return workspace_bytes.status();
+  absl::StatusOr<BatchLastScratch> layout = BatchLastScratch{.total = *intermediate_bytes};
+  if (uses_scratch && p.layout == BatchLayout::kBatchLast) {
+    layout = BatchLastCudaScratch(*intermediate_bytes, p.patterns, p.batch, p.dtype);
+  }
+  if (!layout.ok()) return layout.status();
+  const int64_t workspace_bytes = layout->total;
   if (p.weights.size() != p.patterns.size()) {
     return absl::InvalidArgumentError(absl::StrFormat("%d weight tensors for a chain of %d factors",
                                                       p.weights.size(), p.patterns.size()));
   }
-  if (*workspace_bytes > 0 && p.batch > 0 && p.workspace == nullptr) {
+  if (!p.grouped_weights.empty() && p.grouped_weights.size() != p.patterns.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat("%d grouped weight tensors for a chain of %d factors",
+                                                      p.grouped_weights.size(), p.patterns.size()));
+  }
+  if (workspace_bytes > 0 && p.batch > 0 && p.workspace == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrFormat("this %s chain needs a workspace of %d bytes (ChainWorkspaceBytes)",
-                        BatchLayoutName(p.layout), *workspace_bytes));
+                        BatchLayoutName(p.layout), workspace_bytes));
   }
   const size_t last = p.patterns.size() - 1;
   const int64_t half = *intermediate_bytes / 2;  // two ping-pong buffers when there are ≥ 3 factors
-  void* const scratch = *workspace_bytes > *intermediate_bytes
-                            ? static_cast<char*>(p.workspace) + ChainPackedOffset(*intermediate_bytes)
-                            : nullptr;
+  const auto at = [&](int64_t offset) {
+    return offset >= 0 && p.workspace != nullptr
+               ? static_cast<void*>(static_cast<char*>(p.workspace) + offset)
+               : nullptr;
+  };
+  const ChainScratch scratch{.grouped_weights = at(layout->grouped_offset),
+                             .product = at(layout->product_offset)};
   const void* input = p.x;
   for (size_t l = 0; l <= last; ++l) {
     void* output = l == last ? p.y : static_cast<char*>(p.workspace) + (l % 2 == 1 && last >= 2 ? half : 0);
@@ -210,7 +238,8 @@ absl::Status RunChain(const KsChainParams& p, bool uses_scratch, FactorFn factor
                                        .dtype = p.dtype,
                                        .activation = l == last ? p.activation : Activation::kNone,
                                        .layout = p.layout};
-    if (absl::Status s = factor(factor_params, scratch); !s.ok()) return s;
+    const void* grouped_w = p.grouped_weights.empty() ? nullptr : p.grouped_weights[l];
+    if (absl::Status s = factor(factor_params, grouped_w, scratch); !s.ok()) return s;
     input = output;
   }
   return absl::OkStatus();
@@ -586,20 +615,31 @@ bool CublasSizesFit(const KsFactorParams& params, KsAlgorithm algorithm) {
   return params.layout == BatchLayout::kBatchLast ? fit({n, ad, in, out, nd}) : fit({n, ad, in, out, nb, nc});
 }
 
-absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsPattern& pattern, int64_t batch,
-                                             DType dtype, BatchLayout layout) {
-  const KsFactorParams probe{.batch = batch, .pattern = pattern, .dtype = dtype, .layout = layout};
-  if (absl::Status s = ValidateFactorShape(probe); !s.ok()) return s;
-  // Batch-last bmm multiplies the blocks where they lie: nothing to permute.
-  if (algorithm != KsAlgorithm::kBmm || pattern.d == 1 || layout == BatchLayout::kBatchLast) return 0;
-  // Grouped x, then grouped y at a 256-byte boundary (cuBLAS's preferred alignment).
+bool CublasProductInFp32(const KsFactorParams& params) {
+  return params.dtype != DType::kFloat32 &&
+         (params.bias != nullptr || params.activation != Activation::kNone);
+}
+
+absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsFactorParams& params) {
+  if (absl::Status s = ValidateFactorShape(params); !s.ok()) return s;
+  if (algorithm != KsAlgorithm::kDense && algorithm != KsAlgorithm::kBmm) return 0;
+  const KsPattern& pattern = params.pattern;
+  // Batch-first bmm with d > 1 permutes x and y into groups; batch-last bmm multiplies the blocks
+  // where they lie, and dense and d = 1 need no permutes.
+  const bool permutes =
+      algorithm == KsAlgorithm::kBmm && pattern.d > 1 && params.layout == BatchLayout::kBatchFirst;
+  const bool fp32_product = CublasProductInFp32(params);
+  if (!permutes && !fp32_product) return 0;
+  // The product (grouped or not), after grouped x at a 256-byte boundary (cuBLAS's preferred alignment).
   int64_t x_bytes = 0, y_bytes = 0, bytes = 0;
-  if (MulOverflows(batch, pattern.in_features(), &x_bytes) || MulOverflows(x_bytes, DTypeSize(dtype), &x_bytes) ||
-      MulOverflows(batch, pattern.out_features(), &y_bytes) || MulOverflows(y_bytes, DTypeSize(dtype), &y_bytes) ||
+  if (MulOverflows(params.batch, pattern.in_features(), &x_bytes) ||
+      MulOverflows(x_bytes, DTypeSize(params.dtype), &x_bytes) ||
+      MulOverflows(params.batch, pattern.out_features(), &y_bytes) ||
+      MulOverflows(y_bytes, fp32_product ? 4 : DTypeSize(params.dtype), &y_bytes) ||
       __builtin_add_overflow(x_bytes, y_bytes, &bytes) || __builtin_add_overflow(bytes, 255, &bytes)) {
-    return absl::InvalidArgumentError("bmm workspace overflows 64-bit sizes");
+    return absl::InvalidArgumentError("cuBLAS workspace overflows 64-bit sizes");
   }
-  return BmmOutputOffset(batch, pattern, dtype) + y_bytes;
+  return permutes ? BmmOutputOffset(params.batch, pattern, params.dtype) + y_bytes : y_bytes;
 }
 
 int64_t BmmOutputOffset(int64_t batch, const KsPattern& pattern, DType dtype) {
@@ -609,9 +649,9 @@ int64_t BmmOutputOffset(int64_t batch, const KsPattern& pattern, DType dtype) {
 KsKernelChoice DefaultKernelChoice(const KsFactorParams& params) {
   // d = 1: a batched GEMM over the a blocks as they lie, which cuBLAS runs faster than every fused
   // tile at every batch size of the H200 sweep (bench/results/h200-ksbench-candidates.csv: the
-  // rule's fused tile took a median 1.3-4x as long). Its bias and activation run as a second pass
-  // over y, which for 16-bit types rounds twice: there the fused tiles keep the epilogue exact.
-  // The call validates either choice.
+  // rule's fused tile took a median 1.3-4x as long). Its bias and activation run as a second pass;
+  // for 16-bit types that pass reads an FP32 product from a workspace, which a call without one
+  // lacks: there the fused tiles apply the epilogue. The call validates either choice.
   const bool exact_epilogue =
       params.dtype == DType::kFloat32 || (params.bias == nullptr && params.activation == Activation::kNone);
   if (params.pattern.d == 1 && exact_epilogue && CublasSizesFit(params, KsAlgorithm::kBmm)) {
@@ -624,6 +664,23 @@ KsKernelChoice DefaultKernelChoice(const KsFactorParams& params) {
 
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream) {
   return KsFactorForwardCuda(params, DefaultKernelChoice(params), nullptr, nullptr, stream);
+}
+
+absl::Status KsFactorForwardCuda(const KsFactorParams& params, const void* grouped_w, CudaStream stream) {
+  const KsKernelChoice choice = DefaultKernelChoice(params);
+  // The rule's picks that read packed weights read them grouped; the others take none.
+  absl::StatusOr<int64_t> packed_bytes = PackedWeightBytes(choice, params.pattern, params.dtype);
+  if (!packed_bytes.ok()) return packed_bytes.status();
+  return KsFactorForwardCuda(params, choice, *packed_bytes > 0 ? grouped_w : nullptr, nullptr, stream);
+}
+
+absl::StatusOr<int64_t> GroupedWeightBytes(const KsPattern& pattern, DType dtype) {
+  return PackedWeightBytes({.algorithm = KsAlgorithm::kBmm}, pattern, dtype);
+}
+
+absl::Status PackGroupedWeightsCuda(const KsPattern& pattern, DType dtype, const void* w, void* grouped,
+                                    CudaStream stream) {
+  return PackWeightsCuda({.algorithm = KsAlgorithm::kBmm}, pattern, dtype, w, grouped, stream);
 }
 
 absl::Status FusedPairSupported(absl::Span<const KsPattern> chain, DType dtype) {
@@ -718,30 +775,40 @@ absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, i
   if (MulOverflows(batch, widest, &elements) || MulOverflows(elements, DTypeSize(dtype) * buffers, &bytes)) {
     return absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
   }
-  return layout == BatchLayout::kBatchLast ? WithGroupedWeightRoom(bytes, chain, dtype) : bytes;
+  if (layout == BatchLayout::kBatchFirst) return bytes;
+  absl::StatusOr<BatchLastScratch> scratch = BatchLastCudaScratch(bytes, chain, batch, dtype);
+  if (!scratch.ok()) return scratch.status();
+  return scratch->total;
 }
 
 absl::Status KsChainForwardCpu(const KsChainParams& params) {
   return RunChain(params, /*uses_scratch=*/false,
-                  [](const KsFactorParams& factor, void*) { return KsFactorForwardCpu(factor); });
+                  [](const KsFactorParams& factor, const void*, const ChainScratch&) {
+                    return KsFactorForwardCpu(factor);
+                  });
 }
 
 absl::Status KsChainForwardCuda(const KsChainParams& params, CudaStream stream) {
-  return RunChain(params, /*uses_scratch=*/true, [stream](const KsFactorParams& factor, void* scratch) {
-    // Batch-last factors with d > 1: bmm on weights grouped into the scratch (a pass over the
-    // weights per call), not the naive kernel that needs none; naive where the batch is empty or
-    // past cuBLAS's sizes.
-    if (factor.layout == BatchLayout::kBatchLast && factor.pattern.d > 1 && factor.batch > 0 &&
-        CublasSizesFit(factor, KsAlgorithm::kBmm)) {
-      const KsKernelChoice bmm{.algorithm = KsAlgorithm::kBmm};
-      if (absl::Status s = PackWeightsCuda(bmm, factor.pattern, factor.dtype, factor.w, scratch, stream);
-          !s.ok()) {
-        return s;
-      }
-      return KsFactorForwardCuda(factor, bmm, scratch, nullptr, stream);
-    }
-    return KsFactorForwardCuda(factor, stream);
-  });
+  return RunChain(params, /*uses_scratch=*/true,
+                  [stream](const KsFactorParams& factor, const void* grouped_w, const ChainScratch& scratch) {
+                    // Batch-last factors with d > 1: bmm on grouped weights (given, or grouped into
+                    // the scratch: a pass over the weights per call), not the naive kernel that
+                    // needs none; naive where the batch is empty or past cuBLAS's sizes.
+                    if (factor.layout == BatchLayout::kBatchLast && factor.pattern.d > 1 &&
+                        factor.batch > 0 && CublasSizesFit(factor, KsAlgorithm::kBmm)) {
+                      if (grouped_w == nullptr) {
+                        if (absl::Status s = PackGroupedWeightsCuda(factor.pattern, factor.dtype, factor.w,
+                                                                    scratch.grouped_weights, stream);
+                            !s.ok()) {
+                          return s;
+                        }
+                        grouped_w = scratch.grouped_weights;
+                      }
+                      return KsFactorForwardCuda(factor, {.algorithm = KsAlgorithm::kBmm}, grouped_w,
+                                                 scratch.product, stream);
+                    }
+                    return KsFactorForwardCuda(factor, grouped_w, stream);
+                  });
 }
 
 }  // namespace ksserve::kernels

@@ -37,15 +37,27 @@ absl::Status ValidateFactorParams(const KsFactorParams& params);
 absl::Status KsFactorForwardCpu(const KsFactorParams& params);
 
 // One factor on the current CUDA device, enqueued on `stream`; pointers are device memory.
-// Runs what DefaultKernelChoice picks: no packed weights, no workspace.
+// Runs what DefaultKernelChoice picks, with no workspace, on the interchange weights alone or also
+// on `grouped_w`: the same weights grouped as [(i·d + j)][r][s] (GroupedWeightBytes,
+// PackGroupedWeightsCuda; null for d = 1, where they already are), converted once at load time.
+// Grouped weights are what the tc tiles and wg-tma read fastest; on the interchange weights the tc
+// tiles transpose w in shared memory and wg-tma hands over to tc-m64n64k16, 0.64-0.91x as fast in
+// BF16 (median per batch size, bench/results/h200-ksbench.csv: rule_ms / rule_interchange_ms).
 // FAILED_PRECONDITION when ksserve was built without CUDA.
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream);
+absl::Status KsFactorForwardCuda(const KsFactorParams& params, const void* grouped_w, CudaStream stream);
 
-// The rule's pick among the algorithms that need neither packed weights nor a workspace: bmm
-// where d = 1, cuBLAS takes the sizes (the blocks are read where they lie) and its separate
-// epilogue is exact (FP32, or no bias and no activation), else batch-first the fused kernel with
-// DefaultFusedTile, batch-last the naive kernel. Tiles that read packed weights (the tc tiles,
-// wg-tma) run their variant for interchange weights when none are given.
+// The grouped weight layout [(i·d + j)][r][s] that bmm, the tc tiles and wg-tma read: its size
+// (0 for d = 1: the interchange weights already are grouped) and the conversion into it.
+absl::StatusOr<int64_t> GroupedWeightBytes(const KsPattern& pattern, DType dtype);
+absl::Status PackGroupedWeightsCuda(const KsPattern& pattern, DType dtype, const void* w, void* grouped,
+                                    CudaStream stream);
+
+// The rule's pick among the algorithms that need no workspace: bmm where d = 1, cuBLAS takes the
+// sizes (the blocks are read where they lie) and its epilogue needs no FP32 product (FP32, or no
+// bias and no activation), else batch-first the fused kernel with DefaultFusedTile, batch-last the
+// naive kernel. Tiles that read grouped weights (the tc tiles, wg-tma) run their variant for
+// interchange weights when none are given.
 KsKernelChoice DefaultKernelChoice(const KsFactorParams& params);
 
 // The fused tile chosen by rule for a pattern, batch and dtype.
@@ -73,8 +85,12 @@ bool FusedTileReadsPackedWeights(FusedTile tile);
 // weights (null), only slower.
 absl::StatusOr<int64_t> PackedWeightBytes(const KsKernelChoice& choice, const KsPattern& pattern,
                                           DType dtype);
-absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsPattern& pattern, int64_t batch,
-                                             DType dtype, BatchLayout layout = BatchLayout::kBatchFirst);
+// The workspace of one call (its pointers are not read): bmm's grouped x and y (batch-first,
+// d > 1), and the FP32 product of dense and bmm where CublasProductInFp32.
+absl::StatusOr<int64_t> FactorWorkspaceBytes(KsAlgorithm algorithm, const KsFactorParams& params);
+// Whether dense and bmm write their product in FP32 to the workspace before the epilogue: for
+// 16-bit types with a bias or activation, so that y is rounded once, as the fused tiles round it.
+bool CublasProductInFp32(const KsFactorParams& params);
 // Whether cuBLAS's 32-bit sizes and leading dimensions hold this call for kDense or kBmm (they
 // refuse it otherwise; naive and the fused tiles take any size).
 bool CublasSizesFit(const KsFactorParams& params, KsAlgorithm algorithm);
@@ -94,6 +110,9 @@ struct KsChainParams {
   const void* bias = nullptr;             // [out_features] of the chain, or null
   std::vector<KsPattern> patterns;        // rightmost factor first
   std::vector<const void*> weights;       // one [a][b][c][d] tensor per pattern
+  // Optional: empty, or per pattern the weights grouped (PackGroupedWeightsCuda; null for d = 1),
+  // which the CUDA chain reads instead of converting or transposing them per call.
+  std::vector<const void*> grouped_weights = {};
   void* workspace = nullptr;
   int64_t batch = 0;
   DType dtype = DType::kFloat32;
@@ -102,7 +121,9 @@ struct KsChainParams {
 };
 
 // The workspace a chain in `layout` needs: its intermediates and, batch-last, room for one factor's
-// weights grouped per call (KsChainForwardCuda runs those with d > 1 as bmm; the CPU needs none).
+// weights grouped per call (KsChainForwardCuda runs those with d > 1 as bmm; the CPU needs none)
+// and, for 16-bit types whose last factor has d > 1, that factor's FP32 product (whether or not
+// the call has a bias or activation).
 absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, int64_t batch, DType dtype,
                                             BatchLayout layout);
 absl::Status KsChainForwardCpu(const KsChainParams& params);

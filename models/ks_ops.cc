@@ -126,10 +126,26 @@ absl::StatusOr<torch::Tensor> KsFactorForward(const torch::Tensor& x, const torc
   return KsChainForward(x, {w}, bias, activation, layout);
 }
 
+absl::StatusOr<torch::Tensor> KsGroupWeights(const torch::Tensor& w) {
+  if (!w.defined()) return absl::InvalidArgumentError("weights must be defined");
+  absl::StatusOr<kernels::KsPattern> pattern = PatternOf(w);
+  if (!pattern.ok()) return pattern.status();
+  if (absl::Status s = ToDType(w.scalar_type()).status(); !s.ok()) return s;
+  const auto [a, b, c, d] = *pattern;
+  try {
+    return w.permute({0, 3, 1, 2}).reshape({a * d, b, c}).contiguous();
+  } catch (const c10::OutOfMemoryError& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("grouping KS weights: ", e.what_without_backtrace()));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("grouping KS weights: ", e.what_without_backtrace()));
+  }
+}
+
 absl::StatusOr<torch::Tensor> KsChainForward(const torch::Tensor& x,
                                              const std::vector<torch::Tensor>& weights,
                                              const std::optional<torch::Tensor>& bias,
-                                             kernels::Activation activation, kernels::BatchLayout layout) {
+                                             kernels::Activation activation, kernels::BatchLayout layout,
+                                             const std::vector<torch::Tensor>& grouped_weights) {
   std::vector<const torch::Tensor*> others;
   kernels::KsChainParams params;
   for (const torch::Tensor& w : weights) {
@@ -139,6 +155,20 @@ absl::StatusOr<torch::Tensor> KsChainForward(const torch::Tensor& x,
     params.patterns.push_back(*pattern);
   }
   if (absl::Status s = kernels::ValidateChain(params.patterns); !s.ok()) return s;
+  if (!grouped_weights.empty() && grouped_weights.size() != weights.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat("%d grouped weight tensors for a chain of %d factors",
+                                                      grouped_weights.size(), weights.size()));
+  }
+  for (size_t l = 0; l < grouped_weights.size(); ++l) {
+    const auto [a, b, c, d] = params.patterns[l];
+    const torch::Tensor& grouped = grouped_weights[l];
+    others.push_back(&grouped);
+    if (grouped.defined() &&
+        (grouped.dim() != 3 || grouped.size(0) != a * d || grouped.size(1) != b || grouped.size(2) != c)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "grouped weights of factor %d must be [%d, %d, %d], got %s", l, a * d, b, c, Describe(grouped)));
+    }
+  }
   if (bias.has_value()) others.push_back(&*bias);
   if (absl::Status s = CheckAlike(x, others); !s.ok()) return s;
   const int64_t in = params.patterns.front().in_features(), out = params.patterns.back().out_features();
@@ -182,6 +212,8 @@ absl::StatusOr<torch::Tensor> KsChainForward(const torch::Tensor& x,
   params.bias = bias.has_value() ? bias->const_data_ptr() : nullptr;
   params.workspace = workspace->mutable_data_ptr();
   for (const torch::Tensor& w : weights) params.weights.push_back(w.const_data_ptr());
+  for (const torch::Tensor& grouped : grouped_weights)
+    params.grouped_weights.push_back(grouped.const_data_ptr());
 #if KSSERVE_WITH_CUDA
   const c10::cuda::CUDAGuard guard(x.device());
   const kernels::CudaStream stream = c10::cuda::getCurrentCUDAStream().stream();

@@ -23,11 +23,18 @@ absl::StatusOr<torch::Tensor> KsFactorForward(
     kernels::BatchLayout layout = kernels::BatchLayout::kBatchFirst);
 
 // A chain of factors, `weights` rightmost first (applied first); bias and activation apply after
-// the last factor.
+// the last factor. `grouped_weights`: empty, or KsGroupWeights of each factor, converted once at
+// load time, which the CUDA kernels read instead of transposing or converting the interchange
+// weights per call (the CPU path reads the interchange weights).
 absl::StatusOr<torch::Tensor> KsChainForward(const torch::Tensor& x,
                                              const std::vector<torch::Tensor>& weights,
                                              const std::optional<torch::Tensor>& bias = std::nullopt,
                                              kernels::Activation activation = kernels::Activation::kNone,
-                                             kernels::BatchLayout layout = kernels::BatchLayout::kBatchFirst);
+                                             kernels::BatchLayout layout = kernels::BatchLayout::kBatchFirst,
+                                             const std::vector<torch::Tensor>& grouped_weights = {});
+
+// One factor's weights [a, b, c, d] grouped as [a·d, b, c] (w[i][r][s][j] at [i·d + j][r][s]):
+// the layout the tensor-core tiles and bmm read. Same dtype and device as w, contiguous.
+absl::StatusOr<torch::Tensor> KsGroupWeights(const torch::Tensor& w);
 
 }  // namespace ksserve::models

@@ -88,43 +88,59 @@ __global__ void ToGroupsKernel(const T* __restrict__ x, T* __restrict__ grouped,
   }
 }
 
-// y[n][(i·b + r)·d + j] = act(grouped[(i·d + j)][n][r] + bias)
-template <typename T>
-__global__ void FromGroupsKernel(const T* __restrict__ grouped, const T* __restrict__ bias, T* __restrict__ y,
+// y[n][(i·b + r)·d + j] = act(grouped[(i·d + j)][n][r] + bias); grouped holds T or FP32 (S).
+template <typename T, typename S>
+__global__ void FromGroupsKernel(const S* __restrict__ grouped, const T* __restrict__ bias, T* __restrict__ y,
                                  int64_t batch, int64_t a, int64_t b, int64_t d, Activation activation) {
   const int64_t out = a * b * d, feature = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (feature >= out) return;
   const int64_t j = feature % d, r = (feature / d) % b, i = feature / (b * d);
-  const T* source = grouped + (i * d + j) * batch * b + r;
+  const S* source = grouped + (i * d + j) * batch * b + r;
   const float bias_value = bias != nullptr ? ToFloat(bias[feature]) : 0.0f;
   ForEachRow(
       batch, [&](int64_t n) { return ToFloat(source[n * b]); },
       [&](int64_t n, float v) { y[n * out + feature] = FromFloat<T>(ApplyActivation(v + bias_value, activation)); });
 }
 
-// In place on [batch][features]: y = act(y + bias).
-template <typename T>
-__global__ void EpilogueKernel(T* __restrict__ y, const T* __restrict__ bias, int64_t batch, int64_t out,
+// On [batch][features]: y = act(product + bias), product in T (then y itself) or FP32 (S). Not
+// __restrict__: product and y alias when in place.
+template <typename T, typename S>
+__global__ void EpilogueKernel(const S* product, const T* __restrict__ bias, T* y, int64_t batch, int64_t out,
                                Activation activation) {
   const int64_t feature = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (feature >= out) return;
   const float bias_value = bias != nullptr ? ToFloat(bias[feature]) : 0.0f;
   ForEachRow(
-      batch, [&](int64_t n) { return ToFloat(y[n * out + feature]); },
-      [&](int64_t n, float v) { y[n * out + feature] = FromFloat<T>(ApplyActivation(v + bias_value, activation)); });
+      batch, [&](int64_t n) { return ToFloat(product[n * out + feature]); },
+      [&](int64_t n, float v) {
+        y[n * out + feature] = FromFloat<T>(ApplyActivation(v + bias_value, activation));
+      });
 }
 
-// In place on [features][batch]: y = act(y + bias), consecutive threads on consecutive n.
-template <typename T>
-__global__ void EpilogueBatchLastKernel(T* __restrict__ y, const T* __restrict__ bias, int64_t batch,
+// The same on [features][batch], consecutive threads on consecutive n.
+template <typename T, typename S>
+__global__ void EpilogueBatchLastKernel(const S* product, const T* __restrict__ bias, T* y, int64_t batch,
                                         int64_t out, Activation activation) {
   const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (n >= batch) return;
   for (int64_t feature = blockIdx.y; feature < out; feature += gridDim.y) {
     const float bias_value = bias != nullptr ? ToFloat(bias[feature]) : 0.0f;
-    T* const at = y + feature * batch + n;
-    *at = FromFloat<T>(ApplyActivation(ToFloat(*at) + bias_value, activation));
+    const int64_t at = feature * batch + n;
+    y[at] = FromFloat<T>(ApplyActivation(ToFloat(product[at]) + bias_value, activation));
   }
+}
+
+// f(T{}, S{}) for y's storage type T and a product stored as T or as FP32.
+template <typename F>
+void WithProductTypes(DType dtype, bool float_product, F f) {
+  WithStorageType(dtype, [&](auto zero) {
+    if (float_product) {
+      f(zero, 0.0f);
+    } else {
+      f(zero, zero);
+    }
+    return 0;
+  });
 }
 
 }  // namespace
@@ -168,46 +184,45 @@ cudaError_t LaunchToGroups(const void* x, void* grouped, int64_t batch, const Ks
   return cudaGetLastError();
 }
 
-cudaError_t LaunchFromGroups(const void* grouped, const void* bias, void* y, int64_t batch, const KsPattern& pattern,
-                             DType dtype, Activation activation, cudaStream_t stream) {
+cudaError_t LaunchFromGroups(const void* grouped, bool float_product, const void* bias, void* y,
+                             int64_t batch, const KsPattern& pattern, DType dtype, Activation activation,
+                             cudaStream_t stream) {
   const int64_t column_blocks = (pattern.out_features() + kThreads - 1) / kThreads;
   if (column_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(column_blocks), RowBlocks(batch, column_blocks));
-  WithStorageType(dtype, [&](auto zero) {
+  WithProductTypes(dtype, float_product, [&](auto zero, auto product_zero) {
     using T = decltype(zero);
-    FromGroupsKernel<T><<<grid, kThreads, 0, stream>>>(
-        static_cast<const T*>(grouped), static_cast<const T*>(bias), static_cast<T*>(y), batch, pattern.a,
-        pattern.b, pattern.d, activation);
-    return 0;
+    using S = decltype(product_zero);
+    FromGroupsKernel<T, S><<<grid, kThreads, 0, stream>>>(static_cast<const S*>(grouped),
+                                                          static_cast<const T*>(bias), static_cast<T*>(y),
+                                                          batch, pattern.a, pattern.b, pattern.d, activation);
   });
   return cudaGetLastError();
 }
 
-cudaError_t LaunchEpilogue(void* y, const void* bias, int64_t batch, int64_t features, DType dtype,
-                           Activation activation, cudaStream_t stream) {
-  const int64_t column_blocks = (features + kThreads - 1) / kThreads;
-  if (column_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>(column_blocks), RowBlocks(batch, column_blocks));
-  WithStorageType(dtype, [&](auto zero) {
-    using T = decltype(zero);
-    EpilogueKernel<T><<<grid, kThreads, 0, stream>>>(
-        static_cast<T*>(y), static_cast<const T*>(bias), batch, features, activation);
-    return 0;
-  });
-  return cudaGetLastError();
-}
-
-cudaError_t LaunchEpilogueBatchLast(void* y, const void* bias, int64_t batch, int64_t features, DType dtype,
-                                    Activation activation, cudaStream_t stream) {
-  const int64_t column_blocks = (batch + kThreads - 1) / kThreads;
+cudaError_t LaunchEpilogue(const void* product, bool float_product, const void* bias, void* y, int64_t batch,
+                           int64_t features, DType dtype, BatchLayout layout, Activation activation,
+                           cudaStream_t stream) {
+  const bool batch_last = layout == BatchLayout::kBatchLast;
+  // Batch-first: x-blocks over the features, y-blocks over the rows; batch-last: x-blocks over the
+  // batch, y-blocks striding over the features.
+  const int64_t column_blocks = ((batch_last ? batch : features) + kThreads - 1) / kThreads;
   if (column_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(column_blocks),
-                  static_cast<unsigned>(std::min<int64_t>(features, 65535)));
-  WithStorageType(dtype, [&](auto zero) {
+                  batch_last ? static_cast<unsigned>(std::min<int64_t>(features, 65535))
+                             : RowBlocks(batch, column_blocks));
+  WithProductTypes(dtype, float_product, [&](auto zero, auto product_zero) {
     using T = decltype(zero);
-    EpilogueBatchLastKernel<T><<<grid, kThreads, 0, stream>>>(static_cast<T*>(y), static_cast<const T*>(bias),
-                                                              batch, features, activation);
-    return 0;
+    using S = decltype(product_zero);
+    if (batch_last) {
+      EpilogueBatchLastKernel<T, S>
+          <<<grid, kThreads, 0, stream>>>(static_cast<const S*>(product), static_cast<const T*>(bias),
+                                          static_cast<T*>(y), batch, features, activation);
+    } else {
+      EpilogueKernel<T, S><<<grid, kThreads, 0, stream>>>(static_cast<const S*>(product),
+                                                          static_cast<const T*>(bias), static_cast<T*>(y),
+                                                          batch, features, activation);
+    }
   });
   return cudaGetLastError();
 }

@@ -76,14 +76,15 @@ cudaError_t LaunchPackGrouped(const void* w, void* packed, const KsPattern& patt
 cudaError_t LaunchDensify(const void* w, void* dense, const KsPattern& pattern, DType dtype, cudaStream_t stream);
 cudaError_t LaunchToGroups(const void* x, void* grouped, int64_t batch, const KsPattern& pattern, DType dtype,
                            cudaStream_t stream);
-// Scatters grouped outputs back to [batch][a·b·d] with the bias and activation applied.
-cudaError_t LaunchFromGroups(const void* grouped, const void* bias, void* y, int64_t batch, const KsPattern& pattern,
-                             DType dtype, Activation activation, cudaStream_t stream);
-// In place on [batch][features]: y = act(y + bias).
-cudaError_t LaunchEpilogue(void* y, const void* bias, int64_t batch, int64_t features, DType dtype,
-                           Activation activation, cudaStream_t stream);
-// The same on batch-last y, [features][batch].
-cudaError_t LaunchEpilogueBatchLast(void* y, const void* bias, int64_t batch, int64_t features, DType dtype,
-                                    Activation activation, cudaStream_t stream);
+// Scatters grouped outputs (of the call's dtype, or FP32 where float_product) back to
+// [batch][a·b·d] with the bias and activation applied, rounding once to dtype.
+cudaError_t LaunchFromGroups(const void* grouped, bool float_product, const void* bias, void* y,
+                             int64_t batch, const KsPattern& pattern, DType dtype, Activation activation,
+                             cudaStream_t stream);
+// y = act(product + bias) on y's layout, rounding once to dtype. The product is of dtype (then it
+// may be y itself: in place) or FP32 where float_product.
+cudaError_t LaunchEpilogue(const void* product, bool float_product, const void* bias, void* y, int64_t batch,
+                           int64_t features, DType dtype, BatchLayout layout, Activation activation,
+                           cudaStream_t stream);
 
 }  // namespace ksserve::kernels::cuda

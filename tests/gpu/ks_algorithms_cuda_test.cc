@@ -63,8 +63,6 @@ torch::Tensor RunFactor(const torch::Tensor& x, const torch::Tensor& w,
   const int64_t batch = batch_last ? x.size(1) : x.size(0);
   const auto bytes = torch::TensorOptions().dtype(torch::kUInt8).device(x.device());
   const torch::Tensor packed = torch::empty({*PackedWeightBytes(choice, pattern, dtype)}, bytes);
-  const torch::Tensor workspace =
-      torch::empty({*FactorWorkspaceBytes(choice.algorithm, pattern, batch, dtype, layout)}, bytes);
   torch::Tensor y = torch::full({batch * pattern.out_features() + y_offset},
                                 std::numeric_limits<float>::quiet_NaN(), x.options())
                         .narrow(0, y_offset, batch * pattern.out_features())
@@ -83,6 +81,7 @@ torch::Tensor RunFactor(const torch::Tensor& x, const torch::Tensor& w,
                               .dtype = dtype,
                               .activation = activation,
                               .layout = layout};
+  const torch::Tensor workspace = torch::empty({*FactorWorkspaceBytes(choice.algorithm, params)}, bytes);
   const void* packed_w = packed_weights ? packed.const_data_ptr() : nullptr;
   const absl::Status ran = KsFactorForwardCuda(params, choice, packed_w, workspace.data_ptr(), stream);
   EXPECT_TRUE(ran.ok()) << KernelChoiceName(choice) << ": " << ran;
@@ -208,6 +207,60 @@ TEST_F(CudaAlgorithmsTest, BatchLastMatchesFp64) {
                                     nullptr, nullptr, stream)
                     .code(),
                 absl::StatusCode::kInvalidArgument);
+    }
+  }
+}
+
+// 16-bit outputs with an activation are rounded once, from FP32, by every algorithm: the cuBLAS
+// paths keep their product in FP32 for the epilogue. Pre-activations in GELU's tail (z in
+// [-3.5, -2], where d log|GELU| / d log|z| is -4 to -12) that are not 16-bit numbers (x·(1 + 2^-7))
+// turn a second rounding into errors of several units in the last place; one rounding stays
+// within half a unit. GELU-erf (erfc, accurate to a few FP32 units there), not GELU-tanh, whose
+// 16-bit fused epilogues bound the error in the tail absolutely (tanh.approx, epilogue.h).
+// Without the FP32 workspace the cuBLAS paths refuse the call.
+TEST_F(CudaAlgorithmsTest, SixteenBitEpilogueRoundsOnce) {
+  const KsPattern p{1, 1, 1, 1};
+  const int64_t batch = 4099;
+  const Activation activation = Activation::kGeluErf;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat16}) {
+    const double half_ulp = dtype == torch::kBFloat16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11);
+    const torch::Tensor x = torch::linspace(-3.5, -2.0, batch, cuda_).to(dtype).view({batch, 1});
+    const torch::Tensor w = torch::full({1, 1, 1, 1}, 1.0 + std::ldexp(1.0, -7), cuda_).to(dtype);
+    const torch::Tensor reference = TorchChainReference(x, {w}, std::nullopt, activation);
+    for (const BatchLayout layout : {BatchLayout::kBatchFirst, BatchLayout::kBatchLast}) {
+      for (const KsKernelChoice& choice : AllChoices()) {
+        if (!KernelTakesLayout(choice, layout)) continue;
+        const bool batch_last = layout == BatchLayout::kBatchLast;
+        torch::Tensor y = RunFactor(batch_last ? x.t().contiguous() : x, w, std::nullopt, activation, choice,
+                                    0, true, layout);
+        if (batch_last) y = y.t();
+        const torch::Tensor relative =
+            ((y.to(torch::kCPU, torch::kFloat64) - reference) / reference.abs()).abs();
+        EXPECT_LE(relative.max().item<double>(), half_ulp * 1.01)
+            << KernelChoiceName(choice) << " " << BatchLayoutName(layout) << " " << c10::toString(dtype);
+      }
+    }
+    torch::Tensor y = torch::empty({batch, 1}, x.options());
+    const KsFactorParams params{.x = x.const_data_ptr(),
+                                .w = w.const_data_ptr(),
+                                .y = y.mutable_data_ptr(),
+                                .batch = batch,
+                                .pattern = p,
+                                .dtype = ToDType(dtype),
+                                .activation = activation};
+    for (const KsAlgorithm algorithm : {KsAlgorithm::kDense, KsAlgorithm::kBmm}) {
+      const KsKernelChoice choice{.algorithm = algorithm};
+      const torch::Tensor packed =
+          torch::empty({std::max<int64_t>(*PackedWeightBytes(choice, p, ToDType(dtype)), 1)},
+                       x.options().dtype(torch::kUInt8));
+      ASSERT_TRUE(
+          PackWeightsCuda(choice, p, ToDType(dtype), w.const_data_ptr(), packed.data_ptr(), stream).ok());
+      EXPECT_EQ(*FactorWorkspaceBytes(algorithm, params), batch * 4);
+      const absl::Status status =
+          KsFactorForwardCuda(params, choice, packed.const_data_ptr(), nullptr, stream);
+      EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument)
+          << KernelChoiceName(choice) << ": " << status;
     }
   }
 }

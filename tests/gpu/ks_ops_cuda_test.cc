@@ -69,6 +69,20 @@ TEST_F(CudaTest, ChainsMatchFp64ReferenceForEveryDTypeAndEpilogue) {
         ASSERT_TRUE(y_last.ok()) << y_last.status();
         EXPECT_LE(TorchRelativeError(y_last->t(), reference), Tolerance(dtype))
             << "batch-last " << c10::toString(dtype) << " " << c10::str(patterns) << " batch " << batch;
+        // With the weights grouped at load time: the tiles' and bmm's variants that read them.
+        std::vector<torch::Tensor> grouped;
+        for (const torch::Tensor& w : weights) grouped.push_back(*KsGroupWeights(w));
+        absl::StatusOr<torch::Tensor> y_grouped =
+            KsChainForward(x, weights, bias, activation, kernels::BatchLayout::kBatchFirst, grouped);
+        ASSERT_TRUE(y_grouped.ok()) << y_grouped.status();
+        EXPECT_LE(TorchRelativeError(*y_grouped, reference), Tolerance(dtype))
+            << "grouped " << c10::toString(dtype) << " " << c10::str(patterns) << " batch " << batch;
+        absl::StatusOr<torch::Tensor> y_grouped_last = KsChainForward(
+            x.t().contiguous(), weights, bias, activation, kernels::BatchLayout::kBatchLast, grouped);
+        ASSERT_TRUE(y_grouped_last.ok()) << y_grouped_last.status();
+        EXPECT_LE(TorchRelativeError(y_grouped_last->t(), reference), Tolerance(dtype))
+            << "grouped batch-last " << c10::toString(dtype) << " " << c10::str(patterns) << " batch "
+            << batch;
       }
     }
   }

@@ -201,10 +201,17 @@ TEST(KsChainTest, WorkspaceIsSizedForTheWidestIntermediate) {
       *ChainWorkspaceBytes({{6, 64, 64, 1}, {1, 768, 192, 2}}, 7, DType::kBFloat16, BatchLayout::kBatchFirst),
       7 * 384 * 2);
   EXPECT_EQ(*ChainWorkspaceBytes(Butterfly(4), 3, DType::kFloat32, BatchLayout::kBatchFirst), 2 * 3 * 16 * 4);
-  // Batch-last: then the largest factor with d > 1, grouped, from the next 256-byte boundary.
+  // Batch-last: then the largest factor with d > 1, grouped, from the next 256-byte boundary, and
+  // for 16-bit types whose last factor has d > 1 its FP32 product (7·1536 values).
   EXPECT_EQ(
       *ChainWorkspaceBytes({{6, 64, 64, 1}, {1, 768, 192, 2}}, 7, DType::kBFloat16, BatchLayout::kBatchLast),
-      7 * 384 * 2 + 768 * 192 * 2 * 2);  // 5376 is already a multiple of 256
+      7 * 384 * 2 + 768 * 192 * 2 * 2 + 7 * 1536 * 4);  // 5376 and 595200 are multiples of 256
+  EXPECT_EQ(
+      *ChainWorkspaceBytes({{6, 64, 64, 1}, {1, 768, 192, 2}}, 7, DType::kFloat32, BatchLayout::kBatchLast),
+      7 * 384 * 4 + 768 * 192 * 2 * 4);
+  EXPECT_EQ(
+      *ChainWorkspaceBytes({{1, 384, 768, 2}, {12, 64, 64, 1}}, 7, DType::kFloat16, BatchLayout::kBatchLast),
+      7 * 768 * 2 + 384 * 768 * 2 * 2);  // the last factor (d = 1) runs without grouped weights
   EXPECT_EQ(*ChainWorkspaceBytes({{2, 48, 192, 1}}, 7, DType::kFloat32, BatchLayout::kBatchLast), 0);
   EXPECT_EQ(*ChainWorkspaceBytes({{1, 3, 5, 2}}, 1, DType::kFloat32, BatchLayout::kBatchLast), 3 * 5 * 2 * 4);
 }
@@ -221,6 +228,11 @@ TEST(KsChainTest, MissingWorkspaceOrWeightsAreErrors) {
   params.weights = {buffer};
   params.workspace = buffer + 48;
   EXPECT_EQ(KsChainForwardCpu(params).code(), absl::StatusCode::kInvalidArgument);  // one weight for two
+  params.weights = {buffer, buffer};
+  params.grouped_weights = {buffer};
+  EXPECT_EQ(KsChainForwardCpu(params).code(), absl::StatusCode::kInvalidArgument);  // one grouped for two
+  params.grouped_weights = {buffer, nullptr};
+  EXPECT_TRUE(KsChainForwardCpu(params).ok());
 }
 
 TEST(KsFactorParamsTest, RejectsBadBatchNullPointersAndOverflow) {
@@ -400,15 +412,46 @@ TEST(KsPackedLayoutTest, SizesPerAlgorithm) {
   EXPECT_EQ(*PackedWeightBytes(dense, p, DType::kFloat32), (3 * 5 * 2) * (3 * 7 * 2) * 4);
   // Grouped x (11·42 values = 924 bytes), grouped y from the next 256-byte boundary (11·30 values).
   EXPECT_EQ(BmmOutputOffset(11, p, DType::kFloat16), 1024);
-  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kBmm, p, 11, DType::kFloat16), 1024 + 11 * (3 * 5 * 2) * 2);
+  const KsFactorParams call{.batch = 11, .pattern = p, .dtype = DType::kFloat16};
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kBmm, call), 1024 + 11 * (3 * 5 * 2) * 2);
   EXPECT_EQ(BmmOutputOffset(128, p, DType::kFloat32), 128 * 42 * 4);  // already aligned
-  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kFused, p, 11, DType::kFloat16), 0);
-  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kBmm, p, 11, DType::kFloat16, BatchLayout::kBatchLast), 0);
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kFused, call), 0);
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kDense, call), 0);
+  KsFactorParams batch_last = call;
+  batch_last.layout = BatchLayout::kBatchLast;
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kBmm, batch_last), 0);
   EXPECT_EQ(
       PackedWeightBytes(dense, {int64_t{1} << 20, 1 << 20, 1, 1 << 20}, DType::kFloat32).status().code(),
       absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(FactorWorkspaceBytes(KsAlgorithm::kBmm, p, -1, DType::kFloat32).status().code(),
+  KsFactorParams negative = call;
+  negative.batch = -1;
+  EXPECT_EQ(FactorWorkspaceBytes(KsAlgorithm::kBmm, negative).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// 16-bit dense and bmm calls with a bias or activation keep their product in FP32 (11·30 values)
+// for the epilogue, after grouped x where bmm permutes; FP32 calls and calls without an epilogue
+// need no such room.
+TEST(KsWorkspaceTest, SixteenBitEpilogueAddsAnFp32Product) {
+  const KsPattern p{3, 5, 7, 2};
+  const float bias[1] = {0.0f};  // only its presence is read
+  KsFactorParams call{.bias = bias, .batch = 11, .pattern = p, .dtype = DType::kBFloat16};
+  EXPECT_TRUE(CublasProductInFp32(call));
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kBmm, call), 1024 + 11 * 30 * 4);
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kDense, call), 11 * 30 * 4);
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kFused, call), 0);
+  call.layout = BatchLayout::kBatchLast;
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kBmm, call), 11 * 30 * 4);
+  call.bias = nullptr;
+  call.activation = Activation::kRelu;
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kBmm, call), 11 * 30 * 4);
+  call.activation = Activation::kNone;
+  EXPECT_FALSE(CublasProductInFp32(call));
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kBmm, call), 0);
+  call.activation = Activation::kGeluErf;
+  call.dtype = DType::kFloat32;
+  EXPECT_FALSE(CublasProductInFp32(call));
+  EXPECT_EQ(*FactorWorkspaceBytes(KsAlgorithm::kDense, call), 0);
 }
 
 // cuBLAS takes 32-bit sizes and leading dimensions: bmm's batch-last ones are batch·d, its

@@ -108,5 +108,45 @@ TEST(KsFactorForwardTest, RejectsBadTensorsWithClearErrors) {
   EXPECT_EQ(mismatched.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Grouped weights are w[i][r][s][j] at [i·d + j][r][s]; the chain takes them (the CPU path
+// computes from the interchange weights) and refuses ones of the wrong count, shape or dtype.
+TEST(KsGroupWeightsTest, GroupsPerIAndJAndIsValidatedByTheChain) {
+  const torch::Tensor w = torch::randn({2, 3, 4, 5});
+  const absl::StatusOr<torch::Tensor> grouped = KsGroupWeights(w);
+  ASSERT_TRUE(grouped.ok()) << grouped.status();
+  ASSERT_EQ(grouped->sizes(), (std::vector<int64_t>{10, 3, 4}));
+  EXPECT_TRUE(grouped->is_contiguous());
+  for (int64_t i = 0; i < 2; ++i) {
+    for (int64_t j = 0; j < 5; ++j) {
+      EXPECT_TRUE(torch::equal((*grouped)[i * 5 + j], w.select(0, i).select(2, j))) << i << " " << j;
+    }
+  }
+  EXPECT_EQ(KsGroupWeights(torch::randn({2, 3, 4})).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(KsGroupWeights(torch::Tensor()).status().code(), absl::StatusCode::kInvalidArgument);
+
+  const torch::Tensor x = torch::randn({7, 2 * 4 * 5});
+  const absl::StatusOr<torch::Tensor> y =
+      KsChainForward(x, {w}, std::nullopt, Activation::kNone, kernels::BatchLayout::kBatchFirst, {*grouped});
+  ASSERT_TRUE(y.ok()) << y.status();
+  EXPECT_LE(TorchRelativeError(*y, TorchChainReference(x, {w}, std::nullopt, Activation::kNone)), 1e-5);
+  struct BadCase {
+    std::vector<torch::Tensor> grouped;
+    std::string expected_message;
+  } cases[] = {
+      {{*grouped, *grouped}, "2 grouped weight tensors for a chain of 1"},
+      {{grouped->view({2, 5, 3, 4})}, "must be [10, 3, 4]"},
+      {{grouped->transpose(1, 2).contiguous()}, "must be [10, 3, 4]"},
+      {{grouped->to(torch::kBFloat16)}, "share one dtype"},
+      {{torch::Tensor()}, "must be defined"},
+  };
+  for (const BadCase& bad : cases) {
+    const absl::StatusOr<torch::Tensor> rejected = KsChainForward(
+        x, {w}, std::nullopt, Activation::kNone, kernels::BatchLayout::kBatchFirst, bad.grouped);
+    ASSERT_FALSE(rejected.ok()) << bad.expected_message;
+    EXPECT_EQ(rejected.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(rejected.status().message().find(bad.expected_message), std::string::npos) << rejected.status();
+  }
+}
+
 }  // namespace
 }  // namespace ksserve::models
