@@ -364,15 +364,17 @@ int Run() {
           dense = bench_case.Measure({.algorithm = KsAlgorithm::kDense}, options);
           if (dense) results.push_back(*dense);
         }
-        // rule: the rule's pick (DefaultKernelChoice: bmm for d = 1, else rule_fused), timed like every
-        // candidate, with the weights packed as the kernel reads them; rule_interchange: the same on
-        // the interchange weights, as KsFactorForwardCuda(params, stream) and the LibTorch ops run it.
+        // rule: the rule's pick with the weights grouped at load time and its workspace
+        // (DefaultKernelChoice(params, true): bmm for d = 1 and FP32 up to 512 rows, else rule_fused),
+        // timed like every candidate; rule_interchange: its pick on the interchange weights alone, as
+        // KsFactorForwardCuda(params, stream) runs it.
         std::optional<Measured> best_fused, rule_fused, rule, rule_interchange;
         const kernels::FusedTile rule_tile = kernels::DefaultFusedTile(p, batch, dtype);
-        const KsKernelChoice rule_choice =
-            kernels::DefaultKernelChoice({.batch = batch, .pattern = p, .dtype = dtype});
-        const bool rule_is_bmm = rule_choice == KsKernelChoice{.algorithm = KsAlgorithm::kBmm};
-        if (bmm && bmm->correct && rule_is_bmm) rule = bmm;
+        const kernels::KsFactorParams rule_params{.batch = batch, .pattern = p, .dtype = dtype};
+        const KsKernelChoice rule_choice = kernels::DefaultKernelChoice(rule_params, /*grouped=*/true);
+        const KsKernelChoice interchange_choice = kernels::DefaultKernelChoice(rule_params);
+        const KsKernelChoice bmm_choice{.algorithm = KsAlgorithm::kBmm};
+        if (bmm && bmm->correct && rule_choice == bmm_choice) rule = bmm;
         for (const KsKernelChoice& candidate : kernels::KernelCandidates(p, dtype, options)) {
           if (candidate.algorithm != KsAlgorithm::kFused) continue;
           const kernels::FusedTile tile = candidate.tile;
@@ -383,12 +385,13 @@ int Run() {
           if (fused->correct && candidate == rule_choice) rule = fused;
           if (fused->correct && (!best_fused || fused->ms < best_fused->ms)) best_fused = fused;
         }
-        if (rule_is_bmm) {
-          rule_interchange = rule;  // d = 1: bmm reads the interchange weights either way
+        const bool interchange_is_bmm = interchange_choice == bmm_choice;
+        if (interchange_is_bmm) {
+          if (bmm && bmm->correct) rule_interchange = bmm;  // d = 1: bmm reads the interchange weights
         } else {
           kernels::KsTuneOptions interchange = options;
           interchange.packed_weights = false;
-          rule_interchange = bench_case.Measure(rule_choice, interchange);
+          rule_interchange = bench_case.Measure(interchange_choice, interchange);
         }
         bool all_correct = true;
         double max_error = 0;
@@ -408,7 +411,7 @@ int Run() {
           }
         };
         for (const Measured& m : results) record(m, "");
-        if (rule_interchange && !rule_is_bmm) {
+        if (rule_interchange && !interchange_is_bmm) {
           record(*rule_interchange, "interchange-w/");
         }
         // The dispatcher's autotuned pick: the fastest correct candidate.

@@ -151,24 +151,55 @@ void FactorCpuInLayout(const KsFactorParams& p) {
 // Where a chain's packed weights start in its workspace: after the intermediates, 256-aligned.
 int64_t ChainPackedOffset(int64_t intermediate_bytes) { return (intermediate_bytes + 255) / 256 * 256; }
 
-// A batch-last chain's workspace on CUDA: the intermediates; then room for the largest d > 1
-// factor's weights, grouped there per call to run as bmm; then, for 16-bit types where the last
-// factor runs as bmm, its product in FP32, so that bias and activation round once.
-struct BatchLastScratch {
-  int64_t grouped_offset = -1, product_offset = -1, total = 0;  // offsets -1: no such room
+// The intermediates of a chain: one buffer of the widest for two factors, two ping-pong buffers
+// for more, none for one.
+absl::StatusOr<int64_t> IntermediateBytes(absl::Span<const KsPattern> chain, int64_t batch, DType dtype) {
+  if (absl::Status s = ValidateChain(chain); !s.ok()) return s;
+  if (batch < 0) return absl::InvalidArgumentError(absl::StrFormat("batch must be >= 0, got %d", batch));
+  int64_t widest = 0;
+  for (size_t l = 0; l + 1 < chain.size(); ++l) widest = std::max(widest, chain[l].out_features());
+  const int64_t buffers = std::min<int64_t>(static_cast<int64_t>(chain.size()) - 1, 2);
+  int64_t elements = 0, bytes = 0;
+  if (MulOverflows(batch, widest, &elements) || MulOverflows(elements, DTypeSize(dtype) * buffers, &bytes)) {
+    return absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
+  }
+  return bytes;
+}
+
+// A chain's workspace on CUDA past its intermediates (offsets -1: no such room). Batch-first:
+// room for the largest RuleWorkspaceBytes of its factors (bmm's grouped x and y, where a factor
+// with grouped weights runs bmm). Batch-last: room for the largest d > 1 factor's weights, grouped
+// there per call to run as bmm; then, for 16-bit types where the last factor runs as bmm, its
+// product in FP32, so that bias and activation round once.
+struct ChainScratchLayout {
+  int64_t grouped_offset = -1, product_offset = -1, rule_workspace_offset = -1, total = 0;
 };
 
-absl::StatusOr<BatchLastScratch> BatchLastCudaScratch(int64_t intermediate_bytes,
-                                                      absl::Span<const KsPattern> chain, int64_t batch,
-                                                      DType dtype) {
+absl::StatusOr<ChainScratchLayout> CudaChainScratch(int64_t intermediate_bytes,
+                                                    absl::Span<const KsPattern> chain, int64_t batch,
+                                                    DType dtype, BatchLayout layout) {
   const absl::Status overflow = absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
+  ChainScratchLayout scratch{.total = intermediate_bytes};
+  if (layout == BatchLayout::kBatchFirst) {
+    int64_t rule_workspace = 0;
+    for (const KsPattern& p : chain) {
+      absl::StatusOr<int64_t> bytes = RuleWorkspaceBytes({.batch = batch, .pattern = p, .dtype = dtype});
+      if (!bytes.ok()) return bytes.status();
+      rule_workspace = std::max(rule_workspace, *bytes);
+    }
+    if (rule_workspace == 0) return scratch;
+    scratch.rule_workspace_offset = ChainPackedOffset(intermediate_bytes);
+    if (__builtin_add_overflow(scratch.rule_workspace_offset, rule_workspace, &scratch.total)) {
+      return overflow;
+    }
+    return scratch;
+  }
   int64_t grouped = 0;
   for (const KsPattern& p : chain) {
     int64_t weight_bytes = 0;
     if (p.d > 1 && MulOverflows(p.nonzeros(), DTypeSize(dtype), &weight_bytes)) return overflow;
     grouped = std::max(grouped, weight_bytes);
   }
-  BatchLastScratch scratch{.total = intermediate_bytes};
   if (grouped == 0) return scratch;  // every factor has d = 1: no bmm on grouped weights
   scratch.grouped_offset = ChainPackedOffset(intermediate_bytes);
   if (__builtin_add_overflow(scratch.grouped_offset, grouped, &scratch.total)) return overflow;
@@ -183,10 +214,12 @@ absl::StatusOr<BatchLastScratch> BatchLastCudaScratch(int64_t intermediate_bytes
   return scratch;
 }
 
-// Where a chain factor on CUDA may put its grouped weights and its FP32 product (null: no room).
+// Where a chain factor on CUDA may put its grouped weights, its FP32 product and the rule's
+// workspace (null: no room).
 struct ChainScratch {
   void* grouped_weights = nullptr;
   void* product = nullptr;
+  void* rule_workspace = nullptr;
 };
 
 // Runs a chain as factor calls through factor(params, grouped_w, scratch), ping-ponging
@@ -195,13 +228,10 @@ struct ChainScratch {
 // the path needs none (uses_scratch false: the CPU).
 template <typename FactorFn>
 absl::Status RunChain(const KsChainParams& p, bool uses_scratch, FactorFn factor) {
-  const absl::StatusOr<int64_t> intermediate_bytes =
-      ChainWorkspaceBytes(p.patterns, p.batch, p.dtype, BatchLayout::kBatchFirst);
+  const absl::StatusOr<int64_t> intermediate_bytes = IntermediateBytes(p.patterns, p.batch, p.dtype);
   if (!intermediate_bytes.ok()) return intermediate_bytes.status();  // also validates the chain
-  absl::StatusOr<BatchLastScratch> layout = BatchLastScratch{.total = *intermediate_bytes};
-  if (uses_scratch && p.layout == BatchLayout::kBatchLast) {
-    layout = BatchLastCudaScratch(*intermediate_bytes, p.patterns, p.batch, p.dtype);
-  }
+  absl::StatusOr<ChainScratchLayout> layout = ChainScratchLayout{.total = *intermediate_bytes};
+  if (uses_scratch) layout = CudaChainScratch(*intermediate_bytes, p.patterns, p.batch, p.dtype, p.layout);
   if (!layout.ok()) return layout.status();
   const int64_t workspace_bytes = layout->total;
   if (p.weights.size() != p.patterns.size()) {
@@ -225,7 +255,8 @@ absl::Status RunChain(const KsChainParams& p, bool uses_scratch, FactorFn factor
                : nullptr;
   };
   const ChainScratch scratch{.grouped_weights = at(layout->grouped_offset),
-                             .product = at(layout->product_offset)};
+                             .product = at(layout->product_offset),
+                             .rule_workspace = at(layout->rule_workspace_offset)};
   const void* input = p.x;
   for (size_t l = 0; l <= last; ++l) {
     void* output = l == last ? p.y : static_cast<char*>(p.workspace) + (l % 2 == 1 && last >= 2 ? half : 0);
@@ -646,7 +677,7 @@ int64_t BmmOutputOffset(int64_t batch, const KsPattern& pattern, DType dtype) {
   return (batch * pattern.in_features() * DTypeSize(dtype) + 255) / 256 * 256;
 }
 
-KsKernelChoice DefaultKernelChoice(const KsFactorParams& params) {
+KsKernelChoice DefaultKernelChoice(const KsFactorParams& params, bool grouped) {
   // d = 1: a batched GEMM over the a blocks as they lie, which cuBLAS runs faster than every fused
   // tile at every batch size of the H200 sweep (bench/results/h200-ksbench-candidates.csv: the
   // rule's fused tile took a median 1.3-4x as long). Its bias and activation run as a second pass;
@@ -655,6 +686,13 @@ KsKernelChoice DefaultKernelChoice(const KsFactorParams& params) {
   const bool exact_epilogue =
       params.dtype == DType::kFloat32 || (params.bias == nullptr && params.activation == Activation::kNone);
   if (params.pattern.d == 1 && exact_epilogue && CublasSizesFit(params, KsAlgorithm::kBmm)) {
+    return {.algorithm = KsAlgorithm::kBmm};
+  }
+  // FP32 up to 512 rows, d > 1: no CUDA-core tile comes near cuBLAS's batched GEMMs there (the
+  // rule's tile was a median 0.49x and 0.93x of bmm at batch 1 and 196 on the H200 sweep, bmm
+  // itself within noise of the best baseline); bmm needs the grouped weights and its workspace.
+  if (grouped && params.dtype == DType::kFloat32 && params.batch <= 512 &&
+      params.layout == BatchLayout::kBatchFirst && CublasSizesFit(params, KsAlgorithm::kBmm)) {
     return {.algorithm = KsAlgorithm::kBmm};
   }
   if (params.layout == BatchLayout::kBatchLast) return {.algorithm = KsAlgorithm::kNaive};
@@ -666,12 +704,20 @@ absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream
   return KsFactorForwardCuda(params, DefaultKernelChoice(params), nullptr, nullptr, stream);
 }
 
-absl::Status KsFactorForwardCuda(const KsFactorParams& params, const void* grouped_w, CudaStream stream) {
-  const KsKernelChoice choice = DefaultKernelChoice(params);
+absl::Status KsFactorForwardCuda(const KsFactorParams& params, const void* grouped_w, void* workspace,
+                                 CudaStream stream) {
+  // Grouped weights (none needed for d = 1) and the workspace make bmm available to the rule.
+  const bool grouped = (grouped_w != nullptr || params.pattern.d == 1) && workspace != nullptr;
+  const KsKernelChoice choice = DefaultKernelChoice(params, grouped);
   // The rule's picks that read packed weights read them grouped; the others take none.
   absl::StatusOr<int64_t> packed_bytes = PackedWeightBytes(choice, params.pattern, params.dtype);
   if (!packed_bytes.ok()) return packed_bytes.status();
-  return KsFactorForwardCuda(params, choice, *packed_bytes > 0 ? grouped_w : nullptr, nullptr, stream);
+  return KsFactorForwardCuda(params, choice, *packed_bytes > 0 ? grouped_w : nullptr, workspace, stream);
+}
+
+absl::StatusOr<int64_t> RuleWorkspaceBytes(const KsFactorParams& params) {
+  if (absl::Status s = ValidateFactorShape(params); !s.ok()) return s;
+  return FactorWorkspaceBytes(DefaultKernelChoice(params, /*grouped=*/true).algorithm, params);
 }
 
 absl::StatusOr<int64_t> GroupedWeightBytes(const KsPattern& pattern, DType dtype) {
@@ -766,17 +812,10 @@ absl::Status KsFactorForwardCuda(const KsFactorParams& params, const KsKernelCho
 
 absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, int64_t batch, DType dtype,
                                             BatchLayout layout) {
-  if (absl::Status s = ValidateChain(chain); !s.ok()) return s;
-  if (batch < 0) return absl::InvalidArgumentError(absl::StrFormat("batch must be >= 0, got %d", batch));
-  int64_t widest = 0;
-  for (size_t l = 0; l + 1 < chain.size(); ++l) widest = std::max(widest, chain[l].out_features());
-  const int64_t buffers = std::min<int64_t>(static_cast<int64_t>(chain.size()) - 1, 2);
-  int64_t elements = 0, bytes = 0;
-  if (MulOverflows(batch, widest, &elements) || MulOverflows(elements, DTypeSize(dtype) * buffers, &bytes)) {
-    return absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
-  }
-  if (layout == BatchLayout::kBatchFirst) return bytes;
-  absl::StatusOr<BatchLastScratch> scratch = BatchLastCudaScratch(bytes, chain, batch, dtype);
+  const absl::StatusOr<int64_t> intermediate_bytes = IntermediateBytes(chain, batch, dtype);
+  if (!intermediate_bytes.ok()) return intermediate_bytes.status();
+  absl::StatusOr<ChainScratchLayout> scratch =
+      CudaChainScratch(*intermediate_bytes, chain, batch, dtype, layout);
   if (!scratch.ok()) return scratch.status();
   return scratch->total;
 }
@@ -807,7 +846,7 @@ absl::Status KsChainForwardCuda(const KsChainParams& params, CudaStream stream) 
                       return KsFactorForwardCuda(factor, {.algorithm = KsAlgorithm::kBmm}, grouped_w,
                                                  scratch.product, stream);
                     }
-                    return KsFactorForwardCuda(factor, grouped_w, stream);
+                    return KsFactorForwardCuda(factor, grouped_w, scratch.rule_workspace, stream);
                   });
 }
 

@@ -200,7 +200,11 @@ TEST(KsChainTest, WorkspaceIsSizedForTheWidestIntermediate) {
   EXPECT_EQ(
       *ChainWorkspaceBytes({{6, 64, 64, 1}, {1, 768, 192, 2}}, 7, DType::kBFloat16, BatchLayout::kBatchFirst),
       7 * 384 * 2);
-  EXPECT_EQ(*ChainWorkspaceBytes(Butterfly(4), 3, DType::kFloat32, BatchLayout::kBatchFirst), 2 * 3 * 16 * 4);
+  // FP32 at 3 rows, d > 1: then, 256-aligned, bmm's grouped x (256 bytes, aligned) and y.
+  EXPECT_EQ(*ChainWorkspaceBytes(Butterfly(4), 3, DType::kFloat32, BatchLayout::kBatchFirst),
+            512 + 256 + 3 * 16 * 4);
+  EXPECT_EQ(*ChainWorkspaceBytes(Butterfly(4), 3, DType::kBFloat16, BatchLayout::kBatchFirst),
+            2 * 3 * 16 * 2);
   // Batch-last: then the largest factor with d > 1, grouped, from the next 256-byte boundary, and
   // for 16-bit types whose last factor has d > 1 its FP32 product (7·1536 values).
   EXPECT_EQ(
@@ -492,8 +496,34 @@ TEST(KsKernelChoiceTest, DefaultChoiceTakesBmmInPlaceForDOne) {
   EXPECT_EQ(DefaultKernelChoice(params).algorithm, KsAlgorithm::kNaive);
 }
 
-// bmm's bias and activation are a second pass over y: exact in FP32, a second rounding in 16-bit
-// types, where the fused tiles run the epilogue instead.
+// With grouped weights and a workspace the rule also takes bmm for FP32 batch-first up to 512
+// rows, where d > 1 needs them; 16-bit types, more rows and batch-last keep their picks.
+TEST(KsKernelChoiceTest, GroupedWeightsBringBmmToFp32AtFewRows) {
+  const KsKernelChoice bmm{.algorithm = KsAlgorithm::kBmm};
+  KsFactorParams params{.batch = 196, .pattern = {1, 192, 192, 4}, .dtype = DType::kFloat32};
+  EXPECT_EQ(DefaultKernelChoice(params).algorithm, KsAlgorithm::kFused);
+  EXPECT_TRUE(DefaultKernelChoice(params, /*grouped=*/true) == bmm);
+  // Grouped x (196·768 FP32 values, 256-aligned already) and grouped y.
+  EXPECT_EQ(*RuleWorkspaceBytes(params), 2 * 196 * 768 * 4);
+  params.batch = 512;
+  EXPECT_TRUE(DefaultKernelChoice(params, true) == bmm);
+  params.batch = 513;
+  EXPECT_EQ(DefaultKernelChoice(params, true).algorithm, KsAlgorithm::kFused);
+  EXPECT_EQ(*RuleWorkspaceBytes(params), 0);
+  params.batch = 1;
+  params.dtype = DType::kBFloat16;
+  EXPECT_EQ(DefaultKernelChoice(params, true).algorithm, KsAlgorithm::kFused);
+  EXPECT_EQ(*RuleWorkspaceBytes(params), 0);
+  params.dtype = DType::kFloat32;
+  params.layout = BatchLayout::kBatchLast;
+  EXPECT_EQ(DefaultKernelChoice(params, true).algorithm, KsAlgorithm::kNaive);
+  params.batch = -1;
+  EXPECT_EQ(RuleWorkspaceBytes(params).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// bmm's bias and activation are a second pass over y: exact in FP32; in 16-bit types it needs a
+// workspace for an FP32 product, which the call without one lacks: the fused tiles run the
+// epilogue instead.
 TEST(KsKernelChoiceTest, DefaultChoiceKeepsTheEpilogueExact) {
   const float bias = 0;
   KsFactorParams params{.bias = &bias, .batch = 196, .pattern = {6, 64, 64, 1}, .dtype = DType::kFloat32};
