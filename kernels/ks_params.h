@@ -29,9 +29,9 @@ enum class DType : uint8_t { kFloat32, kBFloat16, kFloat16 };
 
 constexpr int64_t DTypeSize(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
-// Applied to y after the bias, in FP32, before the final rounding to the output type (by the
-// fused kernels; after a cuBLAS product, dense or bmm, bias and activation are a second pass over
-// y, which for 16-bit types is rounded once more).
+// Applied to y after the bias, in FP32, before the one rounding to the output type: in the fused
+// kernels' epilogue; after a cuBLAS product (dense, bmm) in a second pass, which for 16-bit types
+// reads the product in FP32 from the workspace (CublasProductInFp32).
 enum class Activation : uint8_t { kNone, kRelu, kGeluTanh, kGeluErf };
 
 // Where the batch index runs in x and y. Batch-first, [batch][features], is how the models hold
