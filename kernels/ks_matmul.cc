@@ -182,8 +182,12 @@ absl::StatusOr<ChainScratchLayout> CudaChainScratch(int64_t intermediate_bytes,
   ChainScratchLayout scratch{.total = intermediate_bytes};
   if (layout == BatchLayout::kBatchFirst) {
     int64_t rule_workspace = 0;
-    for (const KsPattern& p : chain) {
-      absl::StatusOr<int64_t> bytes = RuleWorkspaceBytes({.batch = batch, .pattern = p, .dtype = dtype});
+    for (size_t l = 0; l < chain.size(); ++l) {
+      // The last factor may carry the chain's epilogue, which the size may depend on (an FP32
+      // product for 16-bit types): sized as if it did.
+      const Activation activation = l + 1 == chain.size() ? Activation::kGeluErf : Activation::kNone;
+      absl::StatusOr<int64_t> bytes =
+          RuleWorkspaceBytes({.batch = batch, .pattern = chain[l], .dtype = dtype, .activation = activation});
       if (!bytes.ok()) return bytes.status();
       rule_workspace = std::max(rule_workspace, *bytes);
     }
