@@ -8,9 +8,9 @@ for the best fused kernel alone and for the autotuned pick among fused tiles, de
 pick's ratio is the CSV's `speedup`: the pick and the best baseline timed again, independently of
 the timings that chose it, so noise can put it below 1. Also prints
 a table per dtype and batch: median and worst speedup of the autotuned pick, of the best fused
-tile, and of the rule's pick (what KsFactorForwardCuda runs without autotuning: bmm for d = 1, else
-the rule's fused tile; in CSVs without `rule_ms`, the rule's tile), and where the CSV has it, of the
-rule's pick on the interchange weights (`rule_interchange_ms`: no packing, as the LibTorch ops run).
+tile, and of the rule's pick (what KsFactorForwardCuda runs without autotuning, with weights
+grouped at load time: DefaultKernelChoice; in CSVs without `rule_ms`, the rule's tile), and where
+the CSV has it, of the rule's pick on the interchange weights alone (`rule_interchange_ms`).
 """
 import csv
 import sys
@@ -44,7 +44,7 @@ def median(values):
 
 
 def print_table(rows, dtypes, batches):
-    # rule_ms: what runs without tuning (bmm for d = 1, else the rule's tile); older CSVs: the tile.
+    # rule_ms: what runs without tuning (DefaultKernelChoice); older CSVs: the rule's tile.
     rule_key = "rule_ms" if rows and "rule_ms" in rows[0] else "rule_fused_ms"
     rule_name = "rule pick" if rule_key == "rule_ms" else "rule tile"
     # rule_interchange_ms: the same pick on the interchange weights (no packing), where recorded.

@@ -166,13 +166,12 @@ absl::StatusOr<int64_t> IntermediateBytes(absl::Span<const KsPattern> chain, int
   return bytes;
 }
 
-// A chain's workspace on CUDA past its intermediates (offsets -1: no such room). Batch-first:
-// room for the largest RuleWorkspaceBytes of its factors (bmm's grouped x and y, where a factor
-// with grouped weights runs bmm). Batch-last: room for the largest d > 1 factor's weights, grouped
-// there per call to run as bmm; then, for 16-bit types where the last factor runs as bmm, its
-// product in FP32, so that bias and activation round once.
+// A chain's workspace on CUDA past its intermediates (offsets -1: no such room): batch-last, room
+// for the largest d > 1 factor's weights, grouped there per call where none are given; then the
+// largest RuleWorkspaceBytes of its factors, each with grouped weights (bmm's permutes, or its FP32
+// product for a 16-bit epilogue).
 struct ChainScratchLayout {
-  int64_t grouped_offset = -1, product_offset = -1, rule_workspace_offset = -1, total = 0;
+  int64_t grouped_offset = -1, rule_workspace_offset = -1, total = 0;
 };
 
 absl::StatusOr<ChainScratchLayout> CudaChainScratch(int64_t intermediate_bytes,
@@ -180,49 +179,40 @@ absl::StatusOr<ChainScratchLayout> CudaChainScratch(int64_t intermediate_bytes,
                                                     DType dtype, BatchLayout layout) {
   const absl::Status overflow = absl::InvalidArgumentError("chain workspace size overflows 64-bit integers");
   ChainScratchLayout scratch{.total = intermediate_bytes};
-  if (layout == BatchLayout::kBatchFirst) {
-    int64_t rule_workspace = 0;
-    for (size_t l = 0; l < chain.size(); ++l) {
-      // The last factor may carry the chain's epilogue, which the size may depend on (an FP32
-      // product for 16-bit types): sized as if it did.
-      const Activation activation = l + 1 == chain.size() ? Activation::kGeluErf : Activation::kNone;
-      absl::StatusOr<int64_t> bytes =
-          RuleWorkspaceBytes({.batch = batch, .pattern = chain[l], .dtype = dtype, .activation = activation});
-      if (!bytes.ok()) return bytes.status();
-      rule_workspace = std::max(rule_workspace, *bytes);
+  if (layout == BatchLayout::kBatchLast) {
+    int64_t grouped = 0;
+    for (const KsPattern& p : chain) {
+      int64_t weight_bytes = 0;
+      if (p.d > 1 && MulOverflows(p.nonzeros(), DTypeSize(dtype), &weight_bytes)) return overflow;
+      grouped = std::max(grouped, weight_bytes);
     }
-    if (rule_workspace == 0) return scratch;
-    scratch.rule_workspace_offset = ChainPackedOffset(intermediate_bytes);
+    if (grouped > 0) {
+      scratch.grouped_offset = ChainPackedOffset(scratch.total);
+      if (__builtin_add_overflow(scratch.grouped_offset, grouped, &scratch.total)) return overflow;
+    }
+  }
+  int64_t rule_workspace = 0;
+  for (size_t l = 0; l < chain.size(); ++l) {
+    // The last factor may carry the chain's epilogue, which the size may depend on (an FP32
+    // product for 16-bit types): sized as if it did.
+    const Activation activation = l + 1 == chain.size() ? Activation::kGeluErf : Activation::kNone;
+    absl::StatusOr<int64_t> bytes = RuleWorkspaceBytes(
+        {.batch = batch, .pattern = chain[l], .dtype = dtype, .activation = activation, .layout = layout});
+    if (!bytes.ok()) return bytes.status();
+    rule_workspace = std::max(rule_workspace, *bytes);
+  }
+  if (rule_workspace > 0) {
+    scratch.rule_workspace_offset = ChainPackedOffset(scratch.total);
     if (__builtin_add_overflow(scratch.rule_workspace_offset, rule_workspace, &scratch.total)) {
       return overflow;
     }
-    return scratch;
-  }
-  int64_t grouped = 0;
-  for (const KsPattern& p : chain) {
-    int64_t weight_bytes = 0;
-    if (p.d > 1 && MulOverflows(p.nonzeros(), DTypeSize(dtype), &weight_bytes)) return overflow;
-    grouped = std::max(grouped, weight_bytes);
-  }
-  if (grouped == 0) return scratch;  // every factor has d = 1: no bmm on grouped weights
-  scratch.grouped_offset = ChainPackedOffset(intermediate_bytes);
-  if (__builtin_add_overflow(scratch.grouped_offset, grouped, &scratch.total)) return overflow;
-  if (dtype == DType::kFloat32 || chain.back().d == 1) return scratch;
-  int64_t product_bytes = 0;
-  scratch.product_offset = ChainPackedOffset(scratch.total);
-  if (MulOverflows(batch, chain.back().out_features(), &product_bytes) ||
-      MulOverflows(product_bytes, 4, &product_bytes) ||
-      __builtin_add_overflow(scratch.product_offset, product_bytes, &scratch.total)) {
-    return overflow;
   }
   return scratch;
 }
 
-// Where a chain factor on CUDA may put its grouped weights, its FP32 product and the rule's
-// workspace (null: no room).
+// Where a chain factor on CUDA may put its grouped weights and the rule's workspace (null: no room).
 struct ChainScratch {
   void* grouped_weights = nullptr;
-  void* product = nullptr;
   void* rule_workspace = nullptr;
 };
 
@@ -259,7 +249,6 @@ absl::Status RunChain(const KsChainParams& p, bool uses_scratch, FactorFn factor
                : nullptr;
   };
   const ChainScratch scratch{.grouped_weights = at(layout->grouped_offset),
-                             .product = at(layout->product_offset),
                              .rule_workspace = at(layout->rule_workspace_offset)};
   const void* input = p.x;
   for (size_t l = 0; l <= last; ++l) {
@@ -692,11 +681,13 @@ KsKernelChoice DefaultKernelChoice(const KsFactorParams& params, bool grouped) {
   if (params.pattern.d == 1 && exact_epilogue && CublasSizesFit(params, KsAlgorithm::kBmm)) {
     return {.algorithm = KsAlgorithm::kBmm};
   }
-  // FP32 up to 512 rows, d > 1: no CUDA-core tile comes near cuBLAS's batched GEMMs there (the
-  // rule's tile was a median 0.49x and 0.93x of bmm at batch 1 and 196 on the H200 sweep, bmm
-  // itself within noise of the best baseline); bmm needs the grouped weights and its workspace.
-  if (grouped && params.dtype == DType::kFloat32 && params.batch <= 512 &&
-      params.layout == BatchLayout::kBatchFirst && CublasSizesFit(params, KsAlgorithm::kBmm)) {
+  // With grouped weights, d > 1: batch-last, bmm multiplies the blocks where they lie (the naive
+  // kernel is the only other path); FP32 up to 512 rows, no CUDA-core tile comes near cuBLAS's
+  // batched GEMMs (the rule's tile was a median 0.49x and 0.93x of bmm at batch 1 and 196 on the
+  // H200 sweep, bmm itself within noise of the best baseline).
+  const bool fp32_few_rows = params.dtype == DType::kFloat32 && params.batch <= 512;
+  if (grouped && params.pattern.d > 1 && (params.layout == BatchLayout::kBatchLast || fp32_few_rows) &&
+      CublasSizesFit(params, KsAlgorithm::kBmm)) {
     return {.algorithm = KsAlgorithm::kBmm};
   }
   if (params.layout == BatchLayout::kBatchLast) return {.algorithm = KsAlgorithm::kNaive};
@@ -710,9 +701,7 @@ absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream
 
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, const void* grouped_w, void* workspace,
                                  CudaStream stream) {
-  // Grouped weights (none needed for d = 1) and the workspace make bmm available to the rule.
-  const bool grouped = (grouped_w != nullptr || params.pattern.d == 1) && workspace != nullptr;
-  const KsKernelChoice choice = DefaultKernelChoice(params, grouped);
+  const KsKernelChoice choice = DefaultKernelChoice(params, /*grouped=*/grouped_w != nullptr);
   // The rule's picks that read packed weights read them grouped; the others take none.
   absl::StatusOr<int64_t> packed_bytes = PackedWeightBytes(choice, params.pattern, params.dtype);
   if (!packed_bytes.ok()) return packed_bytes.status();
@@ -720,7 +709,6 @@ absl::Status KsFactorForwardCuda(const KsFactorParams& params, const void* group
 }
 
 absl::StatusOr<int64_t> RuleWorkspaceBytes(const KsFactorParams& params) {
-  if (absl::Status s = ValidateFactorShape(params); !s.ok()) return s;
   return FactorWorkspaceBytes(DefaultKernelChoice(params, /*grouped=*/true).algorithm, params);
 }
 
@@ -834,21 +822,18 @@ absl::Status KsChainForwardCpu(const KsChainParams& params) {
 absl::Status KsChainForwardCuda(const KsChainParams& params, CudaStream stream) {
   return RunChain(params, /*uses_scratch=*/true,
                   [stream](const KsFactorParams& factor, const void* grouped_w, const ChainScratch& scratch) {
-                    // Batch-last factors with d > 1: bmm on grouped weights (given, or grouped into
-                    // the scratch: a pass over the weights per call), not the naive kernel that
-                    // needs none; naive where the batch is empty or past cuBLAS's sizes.
-                    if (factor.layout == BatchLayout::kBatchLast && factor.pattern.d > 1 &&
-                        factor.batch > 0 && CublasSizesFit(factor, KsAlgorithm::kBmm)) {
-                      if (grouped_w == nullptr) {
-                        if (absl::Status s = PackGroupedWeightsCuda(factor.pattern, factor.dtype, factor.w,
-                                                                    scratch.grouped_weights, stream);
-                            !s.ok()) {
-                          return s;
-                        }
-                        grouped_w = scratch.grouped_weights;
+                    // Batch-last factors with d > 1 run bmm on grouped weights: without given ones,
+                    // grouped into the scratch per call (a pass over the weights) rather than the
+                    // naive kernel.
+                    if (grouped_w == nullptr && scratch.grouped_weights != nullptr && factor.pattern.d > 1 &&
+                        factor.batch > 0 &&
+                        DefaultKernelChoice(factor, /*grouped=*/true).algorithm == KsAlgorithm::kBmm) {
+                      if (absl::Status s = PackGroupedWeightsCuda(factor.pattern, factor.dtype, factor.w,
+                                                                  scratch.grouped_weights, stream);
+                          !s.ok()) {
+                        return s;
                       }
-                      return KsFactorForwardCuda(factor, {.algorithm = KsAlgorithm::kBmm}, grouped_w,
-                                                 scratch.product, stream);
+                      grouped_w = scratch.grouped_weights;
                     }
                     return KsFactorForwardCuda(factor, grouped_w, scratch.rule_workspace, stream);
                   });

@@ -39,15 +39,18 @@ absl::Status KsFactorForwardCpu(const KsFactorParams& params);
 // One factor on the current CUDA device, enqueued on `stream`; pointers are device memory.
 // Runs what DefaultKernelChoice picks, on the interchange weights alone, or with `grouped_w`, the
 // same weights grouped as [(i·d + j)][r][s] (GroupedWeightBytes, PackGroupedWeightsCuda, once at
-// load time; null for d = 1, where they already are), and a workspace of RuleWorkspaceBytes.
+// load time; null for d = 1, where they already are), and a workspace of RuleWorkspaceBytes (null
+// where that is 0).
 // Grouped weights are what the tc tiles, wg-tma and bmm read: on the interchange weights the tc
 // tiles transpose w in shared memory and wg-tma hands over to tc-m64n64k16, 0.64-0.91x as fast in
 // BF16 (median per batch size, bench/results/h200-ksbench.csv: rule_ms / rule_interchange_ms),
-// and FP32 at a few rows has no bmm. FAILED_PRECONDITION when ksserve was built without CUDA.
+// and bmm is out of reach (FP32 at a few rows, batch-last with d > 1). FAILED_PRECONDITION when
+// ksserve was built without CUDA.
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream);
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, const void* grouped_w, void* workspace,
                                  CudaStream stream);
-// The workspace the call with grouped weights needs (bmm's grouped x and y where it picks bmm).
+// The workspace the call with grouped weights needs where its pick is bmm: the permuted x and y
+// (batch-first), the FP32 product (16-bit with bias or activation).
 absl::StatusOr<int64_t> RuleWorkspaceBytes(const KsFactorParams& params);
 
 // The grouped weight layout [(i·d + j)][r][s] that bmm, the tc tiles and wg-tma read: its size
@@ -58,10 +61,10 @@ absl::Status PackGroupedWeightsCuda(const KsPattern& pattern, DType dtype, const
 
 // The rule's pick: bmm where d = 1, cuBLAS takes the sizes (the blocks are read where they lie)
 // and its epilogue needs no FP32 product (FP32, or no bias and no activation); with grouped
-// weights and a workspace (`grouped`), also bmm for FP32 batch-first up to 512 rows; else
-// batch-first the fused kernel with DefaultFusedTile, batch-last the naive kernel. Tiles that read
-// grouped weights (the tc tiles, wg-tma) run their variant for interchange weights when none are
-// given.
+// weights (`grouped`; and a workspace of RuleWorkspaceBytes) also bmm for d > 1 batch-last, and
+// for FP32 up to 512 rows batch-first; else batch-first the fused kernel with DefaultFusedTile,
+// batch-last the naive kernel. Tiles that read grouped weights (the tc tiles, wg-tma) run their
+// variant for interchange weights when none are given.
 KsKernelChoice DefaultKernelChoice(const KsFactorParams& params, bool grouped = false);
 
 // The fused tile chosen by rule for a pattern, batch and dtype.
@@ -124,11 +127,11 @@ struct KsChainParams {
   BatchLayout layout = BatchLayout::kBatchFirst;  // of x, y and the intermediates
 };
 
-// The workspace a chain in `layout` needs: its intermediates; batch-first, the largest
-// RuleWorkspaceBytes of its factors; batch-last, room for one factor's weights grouped per call
-// (KsChainForwardCuda runs those with d > 1 as bmm) and, for 16-bit types whose last factor has
-// d > 1, that factor's FP32 product (whether or not the call has a bias or activation). The rooms
-// past the intermediates are for the CUDA chain; the CPU needs none.
+// The workspace a chain in `layout` needs: its intermediates; batch-last, room for one factor's
+// weights grouped per call where none are given (KsChainForwardCuda runs those with d > 1 as
+// bmm); then the largest RuleWorkspaceBytes of its factors, the last sized as if it had a bias or
+// activation (for 16-bit types an FP32 product). The rooms past the intermediates are for the CUDA
+// chain; the CPU needs none.
 absl::StatusOr<int64_t> ChainWorkspaceBytes(absl::Span<const KsPattern> chain, int64_t batch, DType dtype,
                                             BatchLayout layout);
 absl::Status KsChainForwardCpu(const KsChainParams& params);

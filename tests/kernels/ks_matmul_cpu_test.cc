@@ -496,9 +496,10 @@ TEST(KsKernelChoiceTest, DefaultChoiceTakesBmmInPlaceForDOne) {
   EXPECT_EQ(DefaultKernelChoice(params).algorithm, KsAlgorithm::kNaive);
 }
 
-// With grouped weights and a workspace the rule also takes bmm for FP32 batch-first up to 512
-// rows, where d > 1 needs them; 16-bit types, more rows and batch-last keep their picks.
-TEST(KsKernelChoiceTest, GroupedWeightsBringBmmToFp32AtFewRows) {
+// With grouped weights and a workspace the rule also takes bmm where d > 1 needs them: FP32
+// batch-first up to 512 rows, and batch-last (else the naive kernel); 16-bit types batch-first and
+// more rows keep their picks.
+TEST(KsKernelChoiceTest, GroupedWeightsBringBmmToFp32AtFewRowsAndToBatchLast) {
   const KsKernelChoice bmm{.algorithm = KsAlgorithm::kBmm};
   KsFactorParams params{.batch = 196, .pattern = {1, 192, 192, 4}, .dtype = DType::kFloat32};
   EXPECT_EQ(DefaultKernelChoice(params).algorithm, KsAlgorithm::kFused);
@@ -516,6 +517,15 @@ TEST(KsKernelChoiceTest, GroupedWeightsBringBmmToFp32AtFewRows) {
   EXPECT_EQ(*RuleWorkspaceBytes(params), 0);
   params.dtype = DType::kFloat32;
   params.layout = BatchLayout::kBatchLast;
+  EXPECT_EQ(DefaultKernelChoice(params).algorithm, KsAlgorithm::kNaive);
+  EXPECT_TRUE(DefaultKernelChoice(params, true) == bmm);
+  EXPECT_EQ(*RuleWorkspaceBytes(params), 0);  // the blocks where they lie
+  // 16-bit with an activation: the FP32 product (1·768 values).
+  params.dtype = DType::kBFloat16;
+  params.activation = Activation::kGeluTanh;
+  EXPECT_TRUE(DefaultKernelChoice(params, true) == bmm);
+  EXPECT_EQ(*RuleWorkspaceBytes(params), 768 * 4);
+  params.pattern = {1, 192, 192, 1};  // d = 1 with a 16-bit epilogue: naive, grouped or not
   EXPECT_EQ(DefaultKernelChoice(params, true).algorithm, KsAlgorithm::kNaive);
   params.batch = -1;
   EXPECT_EQ(RuleWorkspaceBytes(params).status().code(), absl::StatusCode::kInvalidArgument);
