@@ -236,7 +236,7 @@ __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
   constexpr int JT = TileT::JT, BM = TileT::BM, BN = TileT::BN, BK = TileT::BK, TM = TileT::TM,
                 TN = TileT::TN;
   constexpr int kPitch = AsyncLayout<TileT>::kPitch, kRows = BM + BN;
-  constexpr int kChunksPerRow = BK * JT / 4, kChunks = kRows * kChunksPerRow;
+  constexpr int kChunksPerRow = BK * JT / 4;
   extern __shared__ __align__(16) float shared_floats[];
 
   const int64_t b = p.pattern.b, c = p.pattern.c, d = p.pattern.d;
@@ -249,23 +249,37 @@ __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
   const int rows_w = static_cast<int>(min(b - r0, int64_t{BN}));
   const int steps = static_cast<int>((c + BK - 1) / BK);
 
-  // Chunk f of a row holds flat (k, jj) = (f / JT, f % JT) .. +3: 4 j of one s (JT a multiple of
-  // 4 dividing d). Rows beyond the batch or b, and s beyond c, are zero-filled.
-  const auto load_step = [&](int step, int buffer) {
-    float* const stage = shared_floats + buffer * AsyncLayout<TileT>::kStageFloats;
-    const int64_t s0 = int64_t{step} * BK;
+  // A thread copies kLoads chunks of one (s, 4 j) in rows kRowsPerPass apart; chunk f of a row
+  // holds flat (k, jj) = (f / JT, f % JT) .. +3: 4 j of one s (JT a multiple of 4 dividing d).
+  // Its source pointers advance by a step each time, so a step's copies cost little more than the
+  // copies themselves. Rows beyond the batch or b, and s beyond c, are zero-filled.
+  constexpr int kRowsPerPass = TileT::kThreads / kChunksPerRow;
+  constexpr int kLoads = kRows / kRowsPerPass;
+  static_assert(TileT::kThreads % kChunksPerRow == 0 && BM % kRowsPerPass == 0 && BN % kRowsPerPass == 0);
+  const int copy_row = threadIdx.x / kChunksPerRow, copy_f = (threadIdx.x % kChunksPerRow) * 4;
+  const int copy_k = copy_f / JT;
+  const float* source[kLoads];
+  bool row_valid[kLoads];
 #pragma unroll
-    for (int l = 0; l < (kChunks + TileT::kThreads - 1) / TileT::kThreads; ++l) {
-      const int e = threadIdx.x + l * TileT::kThreads;
-      if (kChunks % TileT::kThreads != 0 && e >= kChunks) break;
-      const int row = e / kChunksPerRow, f = (e % kChunksPerRow) * 4;
-      const int k = f / JT, jj = f % JT;
-      const bool is_x = row < BM;
-      const int tile_row = is_x ? row : row - BM;
-      const bool valid = tile_row < (is_x ? rows_x : rows_w) && s0 + k < c;
-      const float* const source =
-          (is_x ? x_rows + tile_row * in : w_rows + tile_row * c * d) + (s0 + k) * d + jj;
-      CpAsync<16>(stage + row * kPitch + f, valid ? source : x_rows, valid);
+  for (int l = 0; l < kLoads; ++l) {
+    const int row = copy_row + l * kRowsPerPass;
+    if (row < BM) {
+      source[l] = x_rows + row * in + copy_k * d + copy_f % JT;
+      row_valid[l] = row < rows_x;
+    } else {
+      source[l] = w_rows + (row - BM) * c * d + copy_k * d + copy_f % JT;
+      row_valid[l] = row - BM < rows_w;
+    }
+  }
+  float* const copy_target = shared_floats + copy_row * kPitch + copy_f;
+  const int64_t step_elements = int64_t{BK} * d;
+  const auto load_step = [&](int step, int buffer) {
+    const bool s_valid = int64_t{step} * BK + copy_k < c;
+#pragma unroll
+    for (int l = 0; l < kLoads; ++l) {
+      CpAsync<16>(copy_target + buffer * AsyncLayout<TileT>::kStageFloats + l * kRowsPerPass * kPitch,
+                  source[l], s_valid && row_valid[l]);
+      source[l] += step_elements;
     }
   };
 #pragma unroll
