@@ -670,6 +670,29 @@ int64_t BmmOutputOffset(int64_t batch, const KsPattern& pattern, DType dtype) {
   return (batch * pattern.in_features() * DTypeSize(dtype) + 255) / 256 * 256;
 }
 
+namespace {
+
+// With grouped weights, d > 1, batch-first: where cuBLAS's batched GEMMs beat the fused tiles
+// (batch-last, bmm multiplies the blocks where they lie and the naive kernel is the only other
+// path). From the H200 sweep (bench/results/h200-ksbench.csv, rule pick against bmm):
+// - FP32 up to 512 rows: no CUDA-core tile comes near cuBLAS (the tile was a median 0.49x and
+//   0.93x of bmm at batch 1 and 196, bmm itself within noise of the best baseline).
+// - FP32 above: where the 4-j tiles fit d badly (d not a multiple of 4), with sums of 64 or more
+//   (c; on shorter ones cuBLAS's GEMM tiles idle: (1, 192, 48, 2) stays 1.1x faster fused), and
+//   d = 4 with b and c of 384 or more (one j's GEMM is large enough for cuBLAS's SGEMM tiles).
+//   Replayed on the sweep's times, bmm took a median 0.86x of the tile's time on those 28 cases
+//   (0.41-1.03x).
+// - 16-bit types where no pipelined tensor-core tile takes d (d > 2 not a multiple of 4: the
+//   register-staged mma tile runs): 0.13-0.77x, median 0.50x, on 16 cases.
+bool GroupedBmmBeatsFusedTiles(const KsFactorParams& params) {
+  const int64_t b = params.pattern.b, c = params.pattern.c, d = params.pattern.d;
+  if (params.dtype != DType::kFloat32) return d > 2 && d % 4 != 0;
+  if (params.batch <= 512) return true;
+  return (d % 4 != 0 && c >= 64) || (d == 4 && b >= 384 && c >= 384);
+}
+
+}  // namespace
+
 KsKernelChoice DefaultKernelChoice(const KsFactorParams& params, bool grouped) {
   // d = 1: a batched GEMM over the a blocks as they lie, which cuBLAS runs faster than every fused
   // tile at every batch size of the H200 sweep (bench/results/h200-ksbench-candidates.csv: the
@@ -681,12 +704,8 @@ KsKernelChoice DefaultKernelChoice(const KsFactorParams& params, bool grouped) {
   if (params.pattern.d == 1 && exact_epilogue && CublasSizesFit(params, KsAlgorithm::kBmm)) {
     return {.algorithm = KsAlgorithm::kBmm};
   }
-  // With grouped weights, d > 1: batch-last, bmm multiplies the blocks where they lie (the naive
-  // kernel is the only other path); FP32 up to 512 rows, no CUDA-core tile comes near cuBLAS's
-  // batched GEMMs (the rule's tile was a median 0.49x and 0.93x of bmm at batch 1 and 196 on the
-  // H200 sweep, bmm itself within noise of the best baseline).
-  const bool fp32_few_rows = params.dtype == DType::kFloat32 && params.batch <= 512;
-  if (grouped && params.pattern.d > 1 && (params.layout == BatchLayout::kBatchLast || fp32_few_rows) &&
+  if (grouped && params.pattern.d > 1 &&
+      (params.layout == BatchLayout::kBatchLast || GroupedBmmBeatsFusedTiles(params)) &&
       CublasSizesFit(params, KsAlgorithm::kBmm)) {
     return {.algorithm = KsAlgorithm::kBmm};
   }

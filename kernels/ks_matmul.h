@@ -44,7 +44,7 @@ absl::Status KsFactorForwardCpu(const KsFactorParams& params);
 // Grouped weights are what the tc tiles, wg-tma and bmm read: on the interchange weights the tc
 // tiles transpose w in shared memory and wg-tma hands over to tc-m64n64k16, 0.64-0.91x as fast in
 // BF16 (median per batch size, bench/results/h200-ksbench.csv: rule_ms / rule_interchange_ms),
-// and bmm is out of reach (FP32 at a few rows, batch-last with d > 1). FAILED_PRECONDITION when
+// and bmm is out of reach (where the rule takes it with d > 1). FAILED_PRECONDITION when
 // ksserve was built without CUDA.
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, CudaStream stream);
 absl::Status KsFactorForwardCuda(const KsFactorParams& params, const void* grouped_w, void* workspace,
@@ -62,7 +62,9 @@ absl::Status PackGroupedWeightsCuda(const KsPattern& pattern, DType dtype, const
 // The rule's pick: bmm where d = 1, cuBLAS takes the sizes (the blocks are read where they lie)
 // and its epilogue needs no FP32 product (FP32, or no bias and no activation); with grouped
 // weights (`grouped`; and a workspace of RuleWorkspaceBytes) also bmm for d > 1 batch-last, and
-// for FP32 up to 512 rows batch-first; else batch-first the fused kernel with DefaultFusedTile,
+// batch-first where cuBLAS beats the fused tiles (FP32 up to 512 rows; FP32 above with d not a
+// multiple of 4 and c >= 64, or d = 4 with b, c >= 384; 16-bit types with d > 2 not a multiple of
+// 4, which no pipelined tensor-core tile takes); else batch-first the fused kernel with DefaultFusedTile,
 // batch-last the naive kernel. Tiles that read grouped weights (the tc tiles, wg-tma) run their
 // variant for interchange weights when none are given.
 KsKernelChoice DefaultKernelChoice(const KsFactorParams& params, bool grouped = false);

@@ -531,6 +531,41 @@ TEST(KsKernelChoiceTest, GroupedWeightsBringBmmToFp32AtFewRowsAndToBatchLast) {
   EXPECT_EQ(RuleWorkspaceBytes(params).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Above 512 rows batch-first, grouped weights bring bmm where the fused tiles fit the pattern
+// badly: FP32 with d not a multiple of 4 (sums of 64 or more) or d = 4 with b, c >= 384, and 16-bit
+// types with d > 2 not a multiple of 4.
+TEST(KsKernelChoiceTest, GroupedWeightsBringBmmWhereTheTilesFitBadly) {
+  const KsKernelChoice bmm{.algorithm = KsAlgorithm::kBmm};
+  KsFactorParams params{.batch = 1568, .pattern = {1, 768, 192, 6}, .dtype = DType::kFloat32};
+  EXPECT_EQ(DefaultKernelChoice(params).algorithm, KsAlgorithm::kFused);
+  EXPECT_TRUE(DefaultKernelChoice(params, /*grouped=*/true) == bmm);
+  params.pattern = {1, 192, 48, 2};  // c = 48: the 2-j tile stays
+  EXPECT_EQ(DefaultKernelChoice(params, true).algorithm, KsAlgorithm::kFused);
+  params.pattern = {2, 384, 384, 4};
+  params.batch = 25088;
+  EXPECT_TRUE(DefaultKernelChoice(params, true) == bmm);
+  EXPECT_EQ(*RuleWorkspaceBytes(params), int64_t{2} * 25088 * 3072 * 4);  // grouped x and y
+  for (const KsPattern pattern :
+       {KsPattern{1, 192, 192, 4}, KsPattern{2, 384, 384, 8}, KsPattern{2, 256, 384, 4}}) {
+    params.pattern = pattern;
+    EXPECT_EQ(DefaultKernelChoice(params, true).algorithm, KsAlgorithm::kFused) << PatternToString(pattern);
+    EXPECT_EQ(*RuleWorkspaceBytes(params), 0);
+  }
+  // 16-bit: d = 3 and 6 go to bmm, with room for the FP32 product where there is an activation;
+  // d = 2, 4, 8 keep their tensor-core tiles.
+  params = {.batch = 1568, .pattern = {1, 128, 128, 3}, .dtype = DType::kBFloat16};
+  EXPECT_EQ(DefaultKernelChoice(params).algorithm, KsAlgorithm::kFused);
+  EXPECT_TRUE(DefaultKernelChoice(params, true) == bmm);
+  params.pattern = {1, 96, 96, 6};
+  params.activation = Activation::kGeluErf;
+  EXPECT_TRUE(DefaultKernelChoice(params, true) == bmm);
+  EXPECT_GT(*RuleWorkspaceBytes(params), int64_t{2} * 1568 * 576 * 2);  // the permutes and more
+  for (const int64_t d : {2, 4, 8}) {
+    params.pattern = {1, 96, 96, d};
+    EXPECT_EQ(DefaultKernelChoice(params, true).algorithm, KsAlgorithm::kFused) << d;
+  }
+}
+
 // bmm's bias and activation are a second pass over y: exact in FP32; in 16-bit types it needs a
 // workspace for an FP32 product, which the call without one lacks: the fused tiles run the
 // epilogue instead.
