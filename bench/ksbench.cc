@@ -365,8 +365,8 @@ int Run() {
           if (dense) results.push_back(*dense);
         }
         // rule: the rule's pick with the weights grouped at load time and its workspace
-        // (DefaultKernelChoice(params, true): bmm for d = 1 and FP32 up to 512 rows, else rule_fused),
-        // timed like every candidate; rule_interchange: its pick on the interchange weights alone, as
+        // (DefaultKernelChoice(params, true): bmm where it takes it, else rule_fused), timed like
+        // every candidate; rule_interchange: its pick on the interchange weights alone, as
         // KsFactorForwardCuda(params, stream) runs it.
         std::optional<Measured> best_fused, rule_fused, rule, rule_interchange;
         const kernels::FusedTile rule_tile = kernels::DefaultFusedTile(p, batch, dtype);
