@@ -129,7 +129,9 @@ std::vector<KsKernelChoice> KernelCandidates(const KsPattern& pattern, DType dty
     if (layout != BatchLayout::kBatchFirst) break;  // the fused tiles read batch-first x
     if (FusedTileUsesTensorCores(tile) && dtype == DType::kFloat32) continue;
     // Elsewhere the pipelined FP32 tile runs as its register-staged twin: a repeat.
-    if (tile == FusedTile::kJ4M64N64Async && (dtype != DType::kFloat32 || pattern.d % 4 != 0)) continue;
+    if ((tile == FusedTile::kJ4M64N64Async || tile == FusedTile::kJ4M64N64AsyncT) &&
+        (dtype != DType::kFloat32 || pattern.d % 4 != 0))
+      continue;
     // The pair of r tiles needs two of them (b wider than 256 / d) and d = 2, 4 or 8.
     if (tile == FusedTile::kWgTmaPairX &&
         ((pattern.d != 2 && pattern.d != 4 && pattern.d != 8) || pattern.b * pattern.d <= 256)) {

@@ -422,14 +422,16 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
     return RegisterStagedMmaTile(pattern);
   }
   // FP32 with d a multiple of 4: the pipelined 4-j tile, 1.07-2.4x the wider j groups of d >= 16
-  // and of d = 4 from 196 rows up; the 8-j tile stays ahead for d in [8, 16) below 4096 rows and
-  // for d >= 16 up to 64 rows, the 1-j tile for d = 4 up to 64 rows, the register-staged 4-j tile
-  // for d = 8 above 4096 rows.
+  // and of d = 4 from 196 rows up, as its float4-operand twin where c >= 256 above 1024 rows (a
+  // median 0.93x its time there, H200); the 8-j tile stays ahead for d in [8, 16) below 4096 rows
+  // and for d >= 16 up to 64 rows, the 1-j tile for d = 4 up to 64 rows, the register-staged 4-j
+  // tile for d = 8 above 4096 rows.
   if (d % 4 == 0) {
     if (batch <= 64 && d == 4) return FusedTile::kJ1M16N64;
     if (batch <= 64 && d >= 16) return FusedTile::kJ8M32N32;
     if (d == 8 && batch > 4096) return FusedTile::kJ4M64N64;
     if (d >= 8 && d < 16 && batch <= 4096) return FusedTile::kJ8M32N32;
+    if (pattern.c >= 256 && batch > 1024) return FusedTile::kJ4M64N64AsyncT;
     return FusedTile::kJ4M64N64Async;
   }
   if (d >= 32) return FusedTile::kJ32M16N8;
@@ -449,6 +451,7 @@ int FusedTileJ(FusedTile tile) {
       return 2;
     case FusedTile::kJ4M64N64:
     case FusedTile::kJ4M64N64Async:
+    case FusedTile::kJ4M64N64AsyncT:
     case FusedTile::kMmaJ4M64N64:
       return 4;
     case FusedTile::kJ8M32N32:
@@ -529,6 +532,8 @@ std::string FusedTileName(FusedTile tile) {
       return "j4m64n64";
     case FusedTile::kJ4M64N64Async:
       return "j4m64n64-async";
+    case FusedTile::kJ4M64N64AsyncT:
+      return "j4m64n64-async-t";
     case FusedTile::kJ8M32N32:
       return "j8m32n32";
     case FusedTile::kJ16M16N16:

@@ -13,7 +13,8 @@
 // padding per k, so a warp's transposed stores (rows × k) land in distinct banks. The finished
 // tile goes through shared memory once more so y is written in whole runs, as vectors where the
 // runs allow. A variant of the 4-j tile keeps four steps of x and w in flight with cp.async
-// (FP32, d a multiple of 4), for patterns that wait on memory.
+// (FP32, d a multiple of 4), for patterns that wait on memory; another moves each landed step to
+// the transposed layout in shared memory, for the float4 operand reads with the pipeline.
 // Blocks run in the order of block_order.h, so the ones that share x or w meet in L2. Any
 // pattern and batch: every edge is predicated, out-of-range operands are 0.
 #include <algorithm>
@@ -97,6 +98,63 @@ __device__ __forceinline__ void WriteTile(const float* y_tile, int y_pitch, T* y
   WithVectorWidth<4>(y_vec, store);
 }
 
+// One step of the tiles staged as [k][jj][row] (x, then w, pitches kXPitch and kWPitch): a
+// thread's TM × TN accumulators of j jj take BK values of s, its operands read as float4.
+template <typename TileT>
+__device__ __forceinline__ void MultiplyStep(float (&acc)[TileT::TM][TileT::TN], const float* x_tile,
+                                             const float* w_tile, int jj, int tm, int tn) {
+  constexpr int TM = TileT::TM, TN = TileT::TN;
+#pragma unroll
+  for (int k = 0; k < TileT::BK; ++k) {
+    const float* x_row = x_tile + k * TileT::kXPitch + jj * TileT::BM + tm * 4;
+    const float* w_row = w_tile + k * TileT::kWPitch + jj * TileT::BN + tn * 4;
+    float xv[TM], wv[TN];
+#pragma unroll
+    for (int q = 0; q < TM; q += 4) {
+      *reinterpret_cast<float4*>(&xv[q]) = *reinterpret_cast<const float4*>(x_row + q * TileT::kThreadsM);
+    }
+#pragma unroll
+    for (int q = 0; q < TN; q += 4) {
+      *reinterpret_cast<float4*>(&wv[q]) = *reinterpret_cast<const float4*>(w_row + q * TileT::kThreadsN);
+    }
+#pragma unroll
+    for (int m = 0; m < TM; ++m) {
+#pragma unroll
+      for (int n = 0; n < TN; ++n) acc[m][n] = fmaf(xv[m], wv[n], acc[m][n]);
+    }
+  }
+}
+
+// Bias and activation in FP32 on a thread's TM × TN accumulators of the float4 layout (rows tm·4
+// + q·kThreadsM·4 .., columns likewise), staged as [m][jj][r] in y_tile for WriteTile.
+template <typename T, typename TileT>
+__device__ __forceinline__ void StageOutputTile(const float (&acc)[TileT::TM][TileT::TN],
+                                                const KsFactorParams& p, int64_t i, int64_t r0, int64_t j,
+                                                int tm, int tn, int jj, float* y_tile) {
+  constexpr int JT = TileT::JT, TM = TileT::TM, TN = TileT::TN, kYPitch = TileT::kYPitch;
+  const int64_t b = p.pattern.b, d = p.pattern.d;
+  const T* bias = static_cast<const T*>(p.bias);
+#pragma unroll
+  for (int n = 0; n < TN; n += 4) {
+    float bias_value[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t r = r0 + n * TileT::kThreadsN + tn * 4 + e;
+      if (bias != nullptr && r < b && j < d) bias_value[e] = ToFloat(bias[(i * b + r) * d + j]);
+    }
+#pragma unroll
+    for (int m = 0; m < TM; ++m) {
+      float4 v;
+      v.x = ApplyActivation(acc[m][n] + bias_value[0], p.activation);
+      v.y = ApplyActivation(acc[m][n + 1] + bias_value[1], p.activation);
+      v.z = ApplyActivation(acc[m][n + 2] + bias_value[2], p.activation);
+      v.w = ApplyActivation(acc[m][n + 3] + bias_value[3], p.activation);
+      const int row = (m / 4) * 4 * TileT::kThreadsM + tm * 4 + m % 4;
+      *reinterpret_cast<float4*>(y_tile + (row * JT + jj) * kYPitch + n * TileT::kThreadsN + tn * 4) = v;
+    }
+  }
+}
+
 template <typename T, typename TileT, int kVec>
 // Two blocks per SM: 128 registers per thread at most.
 __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
@@ -153,25 +211,7 @@ __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
       x_stage.Load(x_base, in, rows_x, (step + 1) * BK, c, j0, d);
       w_stage.Load(w_base, c * d, rows_w, (step + 1) * BK, c, j0, d);
     }
-#pragma unroll
-    for (int k = 0; k < BK; ++k) {
-      const float* x_row = x_tile(buffer) + k * kXPitch + jj * BM + tm * 4;
-      const float* w_row = w_tile(buffer) + k * kWPitch + jj * BN + tn * 4;
-      float xv[TM], wv[TN];
-#pragma unroll
-      for (int q = 0; q < TM; q += 4) {
-        *reinterpret_cast<float4*>(&xv[q]) = *reinterpret_cast<const float4*>(x_row + q * TileT::kThreadsM);
-      }
-#pragma unroll
-      for (int q = 0; q < TN; q += 4) {
-        *reinterpret_cast<float4*>(&wv[q]) = *reinterpret_cast<const float4*>(w_row + q * TileT::kThreadsN);
-      }
-#pragma unroll
-      for (int m = 0; m < TM; ++m) {
-#pragma unroll
-        for (int n = 0; n < TN; ++n) acc[m][n] = fmaf(xv[m], wv[n], acc[m][n]);
-      }
-    }
+    MultiplyStep<TileT>(acc, x_tile(buffer), w_tile(buffer), jj, tm, tn);
     if (has_next) {
       // The other buffer was last read before the previous step's barrier.
       x_stage.Store(store_x(x_tile(buffer ^ 1)));
@@ -180,35 +220,12 @@ __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
     __syncthreads();
   }
 
-  // Bias and activation in FP32, staged as [m][jj][r] (the step buffers are free: the loop ended
-  // on a barrier), then written out along y's runs of (r, j).
-  constexpr int kYPitch = TileT::kYPitch;
-  float* const y_tile = shared_floats;
-  const int64_t j = j0 + jj;
-  const T* bias = static_cast<const T*>(p.bias);
-#pragma unroll
-  for (int n = 0; n < TN; n += 4) {
-    float bias_value[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int64_t r = r0 + n * TileT::kThreadsN + tn * 4 + e;
-      if (bias != nullptr && r < b && j < d) bias_value[e] = ToFloat(bias[(i * b + r) * d + j]);
-    }
-#pragma unroll
-    for (int m = 0; m < TM; ++m) {
-      float4 v;
-      v.x = ApplyActivation(acc[m][n] + bias_value[0], p.activation);
-      v.y = ApplyActivation(acc[m][n + 1] + bias_value[1], p.activation);
-      v.z = ApplyActivation(acc[m][n + 2] + bias_value[2], p.activation);
-      v.w = ApplyActivation(acc[m][n + 3] + bias_value[3], p.activation);
-      const int row = (m / 4) * 4 * TileT::kThreadsM + tm * 4 + m % 4;
-      *reinterpret_cast<float4*>(y_tile + (row * JT + jj) * kYPitch + n * TileT::kThreadsN + tn * 4) = v;
-    }
-  }
+  // The step buffers are free: the loop ended on a barrier.
+  StageOutputTile<T, TileT>(acc, p, i, r0, j0 + jj, tm, tn, jj, shared_floats);
   __syncthreads();
 
   WriteTile<T, BM, BN, JT, TileT::kThreads>(
-      y_tile, kYPitch, static_cast<T*>(p.y) + n0 * out + (i * b + r0) * d + j0, out, d,
+      shared_floats, TileT::kYPitch, static_cast<T*>(p.y) + n0 * out + (i * b + r0) * d + j0, out, d,
       static_cast<int>(min(p.batch - n0, int64_t{BM})), static_cast<int>(min(b - r0, int64_t{BN})),
       static_cast<int>(min(d - j0, int64_t{JT})), y_vec);
 }
@@ -230,69 +247,95 @@ struct AsyncLayout {
   static_assert(TileT::kWarpBlocks && TileT::JT % 4 == 0, "4 j per chunk; warps of 4 × 8 threads");
 };
 
+// A pipelined block's coordinates, its thread's place in the math and its share of the copies of a
+// step. A thread copies
+// kLoads chunks of one (s, 4 j) in rows kRowsPerPass apart; chunk f of a row holds flat (k, jj) =
+// (f / JT, f % JT) .. +3: 4 j of one s (JT a multiple of 4 dividing d). Its source pointers advance
+// by a step each time, so a step's copies cost little more than the copies themselves. Rows beyond
+// the batch or b, and s beyond c, are zero-filled.
+template <typename TileT>
+struct PipelinedBlock {
+  static constexpr int kChunksPerRow = TileT::BK * TileT::JT / 4;
+  static constexpr int kRowsPerPass = TileT::kThreads / kChunksPerRow;
+  static constexpr int kLoads = (TileT::BM + TileT::BN) / kRowsPerPass;
+  static_assert(TileT::kThreads % kChunksPerRow == 0 && TileT::BM % kRowsPerPass == 0 &&
+                TileT::BN % kRowsPerPass == 0);
+
+  int64_t i, j0, r0, n0;
+  int jj, tm, tn;      // the thread's j in the group, and its place among the 4 × 8 threads of its warp
+  int rows_x, rows_w;  // valid rows of x and w in the tile
+  int steps;           // of BK values of s
+  const float* source[kLoads];
+  bool row_valid[kLoads];
+  float* target;  // in the first stage
+  int copy_k;
+  int64_t c, step_elements;
+
+  __device__ __forceinline__ PipelinedBlock(const KsFactorParams& p, const BlockGrid& grid, float* stages) {
+    constexpr int BM = TileT::BM, BN = TileT::BN, BK = TileT::BK, JT = TileT::JT;
+    const int64_t b = p.pattern.b, d = p.pattern.d, in = p.pattern.in_features();
+    c = p.pattern.c;
+    const BlockCoords block = DecodeBlock(grid, blockIdx.x);
+    i = block.i, j0 = block.jg * JT, r0 = block.rt * BN, n0 = block.nt * BM;
+    const float* const x_rows = static_cast<const float*>(p.x) + n0 * in + i * c * d + j0;
+    const float* const w_rows = static_cast<const float*>(p.w) + (i * b + r0) * c * d + j0;
+    rows_x = static_cast<int>(min(p.batch - n0, int64_t{BM}));
+    rows_w = static_cast<int>(min(b - r0, int64_t{BN}));
+    steps = static_cast<int>((c + BK - 1) / BK);
+
+    const int copy_row = threadIdx.x / kChunksPerRow, copy_f = (threadIdx.x % kChunksPerRow) * 4;
+    copy_k = copy_f / JT;
+#pragma unroll
+    for (int l = 0; l < kLoads; ++l) {
+      const int row = copy_row + l * kRowsPerPass;
+      if (row < BM) {
+        source[l] = x_rows + row * in + copy_k * d + copy_f % JT;
+        row_valid[l] = row < rows_x;
+      } else {
+        source[l] = w_rows + (row - BM) * c * d + copy_k * d + copy_f % JT;
+        row_valid[l] = row - BM < rows_w;
+      }
+    }
+    target = stages + copy_row * AsyncLayout<TileT>::kPitch + copy_f;
+    step_elements = int64_t{BK} * d;
+
+    jj = threadIdx.x / TileT::kThreadsPerJ;
+    const int within = threadIdx.x % TileT::kThreadsPerJ, warp = within / 32, lane = within % 32;
+    tn = (warp % (TileT::kThreadsN / 8)) * 8 + lane % 8;
+    tm = (warp / (TileT::kThreadsN / 8)) * 4 + lane / 8;
+  }
+
+  // Copies step `step` (the next one: the sources advance) into stage `stage`.
+  __device__ __forceinline__ void Issue(int step, int stage) {
+    const bool s_valid = int64_t{step} * TileT::BK + copy_k < c;
+#pragma unroll
+    for (int l = 0; l < kLoads; ++l) {
+      CpAsync<16>(
+          target + stage * AsyncLayout<TileT>::kStageFloats + l * kRowsPerPass * AsyncLayout<TileT>::kPitch,
+          source[l], s_valid && row_valid[l]);
+      source[l] += step_elements;
+    }
+  }
+};
+
 template <typename TileT>
 __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
     KsFactorFusedAsyncKernel(KsFactorParams p, BlockGrid grid, int y_vec) {
   constexpr int JT = TileT::JT, BM = TileT::BM, BN = TileT::BN, BK = TileT::BK, TM = TileT::TM,
                 TN = TileT::TN;
-  constexpr int kPitch = AsyncLayout<TileT>::kPitch, kRows = BM + BN;
-  constexpr int kChunksPerRow = BK * JT / 4;
+  constexpr int kPitch = AsyncLayout<TileT>::kPitch;
   extern __shared__ __align__(16) float shared_floats[];
-
-  const int64_t b = p.pattern.b, c = p.pattern.c, d = p.pattern.d;
-  const int64_t in = p.pattern.in_features(), out = p.pattern.out_features();
-  const BlockCoords block = DecodeBlock(grid, blockIdx.x);
-  const int64_t i = block.i, j0 = block.jg * JT, r0 = block.rt * BN, n0 = block.nt * BM;
-  const float* const x_rows = static_cast<const float*>(p.x) + n0 * in + i * c * d + j0;
-  const float* const w_rows = static_cast<const float*>(p.w) + (i * b + r0) * c * d + j0;
-  const int rows_x = static_cast<int>(min(p.batch - n0, int64_t{BM}));
-  const int rows_w = static_cast<int>(min(b - r0, int64_t{BN}));
-  const int steps = static_cast<int>((c + BK - 1) / BK);
-
-  // A thread copies kLoads chunks of one (s, 4 j) in rows kRowsPerPass apart; chunk f of a row
-  // holds flat (k, jj) = (f / JT, f % JT) .. +3: 4 j of one s (JT a multiple of 4 dividing d).
-  // Its source pointers advance by a step each time, so a step's copies cost little more than the
-  // copies themselves. Rows beyond the batch or b, and s beyond c, are zero-filled.
-  constexpr int kRowsPerPass = TileT::kThreads / kChunksPerRow;
-  constexpr int kLoads = kRows / kRowsPerPass;
-  static_assert(TileT::kThreads % kChunksPerRow == 0 && BM % kRowsPerPass == 0 && BN % kRowsPerPass == 0);
-  const int copy_row = threadIdx.x / kChunksPerRow, copy_f = (threadIdx.x % kChunksPerRow) * 4;
-  const int copy_k = copy_f / JT;
-  const float* source[kLoads];
-  bool row_valid[kLoads];
-#pragma unroll
-  for (int l = 0; l < kLoads; ++l) {
-    const int row = copy_row + l * kRowsPerPass;
-    if (row < BM) {
-      source[l] = x_rows + row * in + copy_k * d + copy_f % JT;
-      row_valid[l] = row < rows_x;
-    } else {
-      source[l] = w_rows + (row - BM) * c * d + copy_k * d + copy_f % JT;
-      row_valid[l] = row - BM < rows_w;
-    }
-  }
-  float* const copy_target = shared_floats + copy_row * kPitch + copy_f;
-  const int64_t step_elements = int64_t{BK} * d;
-  const auto load_step = [&](int step, int buffer) {
-    const bool s_valid = int64_t{step} * BK + copy_k < c;
-#pragma unroll
-    for (int l = 0; l < kLoads; ++l) {
-      CpAsync<16>(copy_target + buffer * AsyncLayout<TileT>::kStageFloats + l * kRowsPerPass * kPitch,
-                  source[l], s_valid && row_valid[l]);
-      source[l] += step_elements;
-    }
-  };
+  const int64_t b = p.pattern.b, d = p.pattern.d, out = p.pattern.out_features();
+  PipelinedBlock<TileT> block(p, grid, shared_floats);
+  const int64_t i = block.i, j0 = block.j0, r0 = block.r0, n0 = block.n0;
+  const int steps = block.steps;
 #pragma unroll
   for (int st = 0; st < kAsyncStages - 1; ++st) {
-    if (st < steps) load_step(st, st);
+    if (st < steps) block.Issue(st, st);
     CpAsyncCommit();
   }
 
-  const int jj = threadIdx.x / TileT::kThreadsPerJ;
-  const int within = threadIdx.x % TileT::kThreadsPerJ;
-  const int warp = within / 32, lane = within % 32;
-  const int tn = (warp % (TileT::kThreadsN / 8)) * 8 + lane % 8;
-  const int tm = (warp / (TileT::kThreadsN / 8)) * 4 + lane / 8;
+  const int jj = block.jj, tm = block.tm, tn = block.tn;
   float acc[TM][TN] = {};
 
   int buffer = 0;
@@ -304,7 +347,7 @@ __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
     {
       int next_buffer = buffer + kAsyncStages - 1;
       if (next_buffer >= kAsyncStages) next_buffer -= kAsyncStages;
-      if (step + kAsyncStages - 1 < steps) load_step(step + kAsyncStages - 1, next_buffer);
+      if (step + kAsyncStages - 1 < steps) block.Issue(step + kAsyncStages - 1, next_buffer);
       CpAsyncCommit();
     }
     const float* const xs = shared_floats + buffer * AsyncLayout<TileT>::kStageFloats + tm * kPitch + jj;
@@ -344,7 +387,101 @@ __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
   __syncthreads();
   WriteTile<float, BM, BN, JT, TileT::kThreads>(y_tile, kYPitch,
                                                 static_cast<float*>(p.y) + n0 * out + (i * b + r0) * d + j0,
-                                                out, d, rows_x, rows_w, JT, y_vec);
+                                                out, d, block.rows_x, block.rows_w, JT, y_vec);
+}
+
+// The pipelined tile with the register-staged tile's operand reads: cp.async lands each step as in
+// memory ([row][k·JT + jj], as above), then, one step ahead of the math, every thread moves four
+// rows of one k into the [k][jj][row] layout of KsFactorFusedKernel (four 16-byte reads, a 4 × 4
+// transpose in registers, four 16-byte writes), so the loop reads its operands as float4: 4
+// shared-memory reads per 64 FMAs instead of 16 (about 650 instructions per 8-s step instead of
+// about 700). kRawStages steps are in flight or landed; the moved steps alternate between two
+// buffers, so a step costs one barrier. The move and the deeper ring cost time up front: on an
+// H200 the tile takes a median 0.93-0.94x the time of KsFactorFusedAsyncKernel where c >= 256 at
+// 1568 and 25088 rows, but 1.08-1.11x where c <= 96 (bench/results/h200-ksbench-candidates.csv).
+// Three raw steps rather than four: a median 0.99x the time, and more of the SM's shared memory
+// left to L1.
+constexpr int kTransposingStages = 3;
+
+template <typename TileT, int kRawStages>
+struct TransposingLayout {
+  static constexpr int kPitch = AsyncLayout<TileT>::kPitch;
+  static constexpr int kRawFloats = AsyncLayout<TileT>::kStageFloats;
+  static constexpr int kTransposedOffset = kRawStages * kRawFloats;
+  static constexpr int kOutputFloats = TileT::BM * TileT::JT * TileT::kYPitch;  // the staged output tile
+  static constexpr int kSharedBytes = 4 * std::max(kTransposedOffset + 2 * TileT::kStepFloats, kOutputFloats);
+  static_assert(TileT::BM == TileT::BN && TileT::kThreads == 2 * (TileT::BM / 4) * TileT::BK,
+                "half the threads move x, half w: one k of four rows each");
+};
+
+template <typename TileT, int kRawStages>
+__global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
+    KsFactorFusedTransposingKernel(KsFactorParams p, BlockGrid grid, int y_vec) {
+  constexpr int JT = TileT::JT, BM = TileT::BM, BN = TileT::BN, BK = TileT::BK, TM = TileT::TM,
+                TN = TileT::TN;
+  using Layout = TransposingLayout<TileT, kRawStages>;
+  constexpr int kPitch = Layout::kPitch;
+  constexpr int kXPitch = TileT::kXPitch, kWPitch = TileT::kWPitch;
+  extern __shared__ __align__(16) float shared_floats[];
+  const int64_t b = p.pattern.b, d = p.pattern.d, out = p.pattern.out_features();
+  PipelinedBlock<TileT> block(p, grid, shared_floats);
+  const int64_t i = block.i, j0 = block.j0, r0 = block.r0, n0 = block.n0;
+  const int steps = block.steps;
+
+  // The move: a quarter warp takes one row group's eight k, so its 16-byte reads are one
+  // contiguous run of a row and its writes land in distinct banks (k·kXPitch apart).
+  const int move_w = threadIdx.x / (TileT::kThreads / 2);
+  const int move_k = threadIdx.x % BK, move_row = (threadIdx.x % (TileT::kThreads / 2)) / BK * 4;
+  const float* const move_source = shared_floats + (move_w * BM + move_row) * kPitch + move_k * JT;
+  float* const move_target = shared_floats + Layout::kTransposedOffset + move_w * BK * kXPitch +
+                             move_k * (move_w ? kWPitch : kXPitch) + move_row;
+  const auto move_step = [&](int step) {
+    float4 v[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      v[e] = *reinterpret_cast<const float4*>(move_source + (step % kRawStages) * Layout::kRawFloats +
+                                              e * kPitch);
+    }
+    float* const target = move_target + (step & 1) * TileT::kStepFloats;
+    static_assert(JT == 4, "a 16-byte chunk holds the four j of one s");
+    *reinterpret_cast<float4*>(target + 0 * BM) = make_float4(v[0].x, v[1].x, v[2].x, v[3].x);
+    *reinterpret_cast<float4*>(target + 1 * BM) = make_float4(v[0].y, v[1].y, v[2].y, v[3].y);
+    *reinterpret_cast<float4*>(target + 2 * BM) = make_float4(v[0].z, v[1].z, v[2].z, v[3].z);
+    *reinterpret_cast<float4*>(target + 3 * BM) = make_float4(v[0].w, v[1].w, v[2].w, v[3].w);
+  };
+
+#pragma unroll
+  for (int st = 0; st < kRawStages; ++st) {
+    if (st < steps) block.Issue(st, st);
+    CpAsyncCommit();
+  }
+  CpAsyncWait<kRawStages - 1>();
+  __syncthreads();
+  move_step(0);
+
+  const int jj = block.jj, tm = block.tm, tn = block.tn;
+  float acc[TM][TN] = {};
+
+  for (int step = 0; step < steps; ++step) {
+    // Step + 1 has landed everywhere; step is transposed; every warp is done with the buffers
+    // that this iteration's copy and move overwrite (read one and two iterations ago).
+    CpAsyncWait<kRawStages - 2>();
+    __syncthreads();
+    if (step + kRawStages < steps) block.Issue(step + kRawStages, step % kRawStages);
+    CpAsyncCommit();
+    if (step + 1 < steps) move_step(step + 1);
+    const float* const x_tile = shared_floats + Layout::kTransposedOffset + (step & 1) * TileT::kStepFloats;
+    const float* const w_tile = x_tile + BK * kXPitch;
+    MultiplyStep<TileT>(acc, x_tile, w_tile, jj, tm, tn);
+  }
+  CpAsyncWait<0>();
+  __syncthreads();  // every buffer becomes the output tile
+
+  StageOutputTile<float, TileT>(acc, p, i, r0, j0 + jj, tm, tn, jj, shared_floats);
+  __syncthreads();
+  WriteTile<float, BM, BN, JT, TileT::kThreads>(shared_floats, TileT::kYPitch,
+                                                static_cast<float*>(p.y) + n0 * out + (i * b + r0) * d + j0,
+                                                out, d, block.rows_x, block.rows_w, JT, y_vec);
 }
 
 // Widest store (4, 2 or 1 elements) for which every vector of that many consecutive tile elements
@@ -387,24 +524,30 @@ cudaError_t Launch(const KsFactorParams& p, cudaStream_t stream) {
   });
 }
 
-// The pipelined FP32 tile where x, w and the layout allow 16-byte chunks (see the kernel); the
+// The pipelined FP32 tiles where x, w and the layout allow 16-byte chunks (see the kernels); the
 // register-staged one otherwise.
-template <typename TileT>
+template <typename TileT, int kTransposingStages>
 cudaError_t LaunchAsync(const KsFactorParams& p, cudaStream_t stream) {
   if (p.dtype != DType::kFloat32 || VectorWidth(p, TileT::JT, 4, 4) != 4 || p.pattern.d % TileT::JT != 0) {
     return Launch<TileT>(p, stream);
   }
   const BlockGrid block_grid = MakeBlockGrid(p.pattern, p.batch, TileT::JT, TileT::BM, TileT::BN, 4);
   if (block_grid.blocks() > int64_t{0x7fffffff}) return cudaErrorInvalidConfiguration;
-  const auto kernel = KsFactorFusedAsyncKernel<TileT>;
-  constexpr int kSharedBytes = AsyncLayout<TileT>::kSharedBytes;
-  if (cudaError_t err = AllowDynamicShared(reinterpret_cast<const void*>(kernel), kSharedBytes);
-      err != cudaSuccess) {
-    return err;
+  const auto launch = [&](auto kernel, int shared_bytes) {
+    if (cudaError_t err = AllowDynamicShared(reinterpret_cast<const void*>(kernel), shared_bytes);
+        err != cudaSuccess) {
+      return err;
+    }
+    kernel<<<static_cast<unsigned>(block_grid.blocks()), TileT::kThreads, shared_bytes, stream>>>(
+        p, block_grid, OutputVectorWidth(p, TileT::JT));
+    return cudaGetLastError();
+  };
+  if constexpr (kTransposingStages > 0) {
+    return launch(KsFactorFusedTransposingKernel<TileT, kTransposingStages>,
+                  TransposingLayout<TileT, kTransposingStages>::kSharedBytes);
+  } else {
+    return launch(KsFactorFusedAsyncKernel<TileT>, AsyncLayout<TileT>::kSharedBytes);
   }
-  kernel<<<static_cast<unsigned>(block_grid.blocks()), TileT::kThreads, kSharedBytes, stream>>>(
-      p, block_grid, OutputVectorWidth(p, TileT::JT));
-  return cudaGetLastError();
 }
 
 }  // namespace
@@ -423,7 +566,9 @@ cudaError_t LaunchKsFactorFused(const KsFactorParams& params, FusedTile tile, co
     case FusedTile::kJ4M64N64:
       return Launch<Tile<4, 64, 64, 8, 8, 8>>(params, stream);
     case FusedTile::kJ4M64N64Async:
-      return LaunchAsync<Tile<4, 64, 64, 8, 8, 8>>(params, stream);
+      return LaunchAsync<Tile<4, 64, 64, 8, 8, 8>, 0>(params, stream);
+    case FusedTile::kJ4M64N64AsyncT:
+      return LaunchAsync<Tile<4, 64, 64, 8, 8, 8>, kTransposingStages>(params, stream);
     case FusedTile::kJ8M32N32:
       return Launch<Tile<8, 32, 32, 8, 4, 8>>(params, stream);
     case FusedTile::kJ16M16N16:

@@ -317,6 +317,12 @@ TEST(KsKernelChoiceTest, DefaultTileFollowsDAndBatch) {
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 8}, 196, DType::kFloat32), FusedTile::kJ8M32N32);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 8}, 25088, DType::kFloat32), FusedTile::kJ4M64N64);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 12}, 25088, DType::kFloat32), FusedTile::kJ4M64N64Async);
+  // Long s loops from 1025 rows up: the tile whose operands are moved to the float4 layout.
+  EXPECT_EQ(DefaultFusedTile({1, 128, 256, 4}, 1025, DType::kFloat32), FusedTile::kJ4M64N64AsyncT);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 512, 64}, 25088, DType::kFloat32), FusedTile::kJ4M64N64AsyncT);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 256, 4}, 1024, DType::kFloat32), FusedTile::kJ4M64N64Async);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 255, 4}, 25088, DType::kFloat32), FusedTile::kJ4M64N64Async);
+  EXPECT_EQ(DefaultFusedTile({1, 128, 512, 8}, 25088, DType::kFloat32), FusedTile::kJ4M64N64);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 6}, 196, DType::kFloat32), FusedTile::kJ4M64N64);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 64}, 8, DType::kBFloat16), FusedTile::kTcM32N32);
   EXPECT_EQ(DefaultFusedTile({1, 128, 128, 2}, 1, DType::kFloat16), FusedTile::kTcM64N64);
