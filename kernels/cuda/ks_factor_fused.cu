@@ -248,11 +248,10 @@ struct AsyncLayout {
 };
 
 // A pipelined block's coordinates, its thread's place in the math and its share of the copies of a
-// step. A thread copies
-// kLoads chunks of one (s, 4 j) in rows kRowsPerPass apart; chunk f of a row holds flat (k, jj) =
-// (f / JT, f % JT) .. +3: 4 j of one s (JT a multiple of 4 dividing d). Its source pointers advance
-// by a step each time, so a step's copies cost little more than the copies themselves. Rows beyond
-// the batch or b, and s beyond c, are zero-filled.
+// step. A thread copies kLoads chunks of one (s, 4 j) in rows kRowsPerPass apart; chunk f of a row
+// holds flat (k, jj) = (f / JT, f % JT) .. +3: 4 j of one s (JT a multiple of 4 dividing d). Its
+// source pointers advance by a step each time, so a step's copies cost little more than the copies
+// themselves. Rows beyond the batch or b, and s beyond c, are zero-filled.
 template <typename TileT>
 struct PipelinedBlock {
   static constexpr int kChunksPerRow = TileT::BK * TileT::JT / 4;
