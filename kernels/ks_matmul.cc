@@ -689,11 +689,33 @@ namespace {
 //   (0.41-1.03x).
 // - 16-bit types where no pipelined tensor-core tile takes d (d > 2 not a multiple of 4: the
 //   register-staged mma tile runs): 0.13-0.77x, median 0.50x, on 16 cases.
+// Then, replayed on the same sweep (the tile's time against bmm's, per pattern), where one j's GEMM
+// is large enough for cuBLAS's tiles while the fused tiles split s into short steps:
+// - per-j GEMMs of 2^20 weights and more with d > 4 not a multiple of 8 (4-j groups read a third
+//   of each x run): bmm 0.32-0.85x of the tile's time (6 cases, both dtypes, every batch size);
+// - 16-bit up to 64 rows, d >= 8 with b >= 64 and c >= 192, or d = 4 with c >= 512 (20 cases:
+//   0.48-0.98x, one at 1.07x); up to 512 rows, d in [12, 24] with b >= 64 and c >= 128, d >= 32
+//   with b >= 256 and c >= 768 (11 cases, 0.52-0.97x); up to 4096 rows, d in [12, 24] with b, c
+//   >= 192 (6 cases, 0.51-0.92x);
+// - FP32 from 513 to 4096 rows, d = 4 with c >= 512 ((1, 128, 512, 4): 0.60x), d >= 8 with
+//   a·d <= 64, b >= 384 and c >= 256 (4 cases, 0.86-1.01x; at a·d = 192 the tile stays 1.16x
+//   faster).
+// Timed on the H200 (bench/results/h200-ksbench-bmm-rule-*): patterns below 0.9x of the best
+// baseline 27 -> 11, 27 -> 19, 19 -> 15 in BF16 at 1, 196, 1568 rows, 5 -> 2 in FP32 at 1568.
 bool GroupedBmmBeatsFusedTiles(const KsFactorParams& params) {
-  const int64_t b = params.pattern.b, c = params.pattern.c, d = params.pattern.d;
-  if (params.dtype != DType::kFloat32) return d > 2 && d % 4 != 0;
-  if (params.batch <= 512) return true;
-  return (d % 4 != 0 && c >= 64) || (d == 4 && b >= 384 && c >= 384);
+  const int64_t a = params.pattern.a, b = params.pattern.b, c = params.pattern.c, d = params.pattern.d;
+  const int64_t batch = params.batch;
+  if (d > 4 && d % 8 != 0 && b * c >= (int64_t{1} << 20)) return true;
+  if (params.dtype != DType::kFloat32) {
+    if (d % 4 != 0) return d > 2;
+    if (batch <= 64) return (d >= 8 && b >= 64 && c >= 192) || (d == 4 && c >= 512);
+    if (batch <= 512) return d >= 12 && d <= 24 ? b >= 64 && c >= 128 : d >= 32 && b >= 256 && c >= 768;
+    return batch <= 4096 && d >= 12 && d <= 24 && b >= 192 && c >= 192;
+  }
+  if (batch <= 512) return true;
+  if (d % 4 != 0) return c >= 64;
+  if (d == 4) return (b >= 384 && c >= 384) || (batch <= 4096 && c >= 512);
+  return batch <= 4096 && a * d <= 64 && b >= 384 && c >= 256;
 }
 
 }  // namespace

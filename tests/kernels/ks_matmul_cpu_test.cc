@@ -572,6 +572,53 @@ TEST(KsKernelChoiceTest, GroupedWeightsBringBmmWhereTheTilesFitBadly) {
   }
 }
 
+// Grouped weights also bring bmm where one j's GEMM is large enough for cuBLAS's tiles, by batch
+// size (the H200 sweep's times replayed in GroupedBmmBeatsFusedTiles).
+TEST(KsKernelChoiceTest, GroupedWeightsBringBmmWhereOneJsGemmIsLarge) {
+  struct Expectation {
+    DType dtype;
+    int64_t batch;
+    KsPattern pattern;
+    KsAlgorithm algorithm;
+  };
+  constexpr DType kBf16 = DType::kBFloat16, kFp32 = DType::kFloat32;
+  constexpr KsAlgorithm kBmm = KsAlgorithm::kBmm, kFused = KsAlgorithm::kFused;
+  const Expectation expectations[] = {
+      // d > 4 not a multiple of 8 with a per-j GEMM of 2^20 weights: every batch size and dtype.
+      {kBf16, 25088, {1, 1024, 1024, 12}, kBmm},
+      {kFp32, 25088, {1, 1024, 1024, 12}, kBmm},
+      {kBf16, 25088, {1, 1024, 1024, 16}, kFused},
+      // 16-bit up to 64 rows.
+      {kBf16, 1, {1, 256, 1024, 64}, kBmm},
+      {kBf16, 64, {1, 128, 512, 4}, kBmm},
+      {kBf16, 1, {24, 256, 256, 4}, kFused},
+      {kBf16, 1, {1, 48, 192, 12}, kFused},
+      // 16-bit up to 512 rows.
+      {kBf16, 196, {1, 1024, 256, 24}, kBmm},
+      {kBf16, 196, {1, 768, 768, 64}, kBmm},
+      {kBf16, 196, {2, 48, 192, 16}, kFused},
+      {kBf16, 196, {1, 128, 512, 128}, kFused},
+      {kBf16, 196, {1, 128, 512, 4}, kFused},
+      // 16-bit up to 4096 rows, none above.
+      {kBf16, 1568, {12, 384, 384, 16}, kBmm},
+      {kBf16, 1568, {6, 64, 256, 16}, kFused},
+      {kBf16, 25088, {12, 384, 384, 16}, kFused},
+      // FP32 from 513 to 4096 rows.
+      {kFp32, 1568, {1, 128, 512, 4}, kBmm},
+      {kFp32, 1568, {1, 384, 384, 8}, kBmm},
+      {kFp32, 1568, {12, 384, 384, 16}, kFused},
+      {kFp32, 25088, {1, 128, 512, 4}, kFused},
+      {kFp32, 25088, {1, 384, 384, 8}, kFused},
+  };
+  for (const Expectation& e : expectations) {
+    const KsFactorParams params{.batch = e.batch, .pattern = e.pattern, .dtype = e.dtype};
+    EXPECT_EQ(DefaultKernelChoice(params, /*grouped=*/true).algorithm, e.algorithm)
+        << DTypeName(e.dtype) << " " << PatternToString(e.pattern) << " batch " << e.batch;
+    EXPECT_EQ(DefaultKernelChoice(params).algorithm, KsAlgorithm::kFused)
+        << "no grouped weights: no bmm for d > 1";
+  }
+}
+
 // bmm's bias and activation are a second pass over y: exact in FP32; in 16-bit types it needs a
 // workspace for an FP32 product, which the call without one lacks: the fused tiles run the
 // epilogue instead.
