@@ -62,9 +62,7 @@ absl::Status PackGroupedWeightsCuda(const KsPattern& pattern, DType dtype, const
 // The rule's pick: bmm where d = 1, cuBLAS takes the sizes (the blocks are read where they lie)
 // and its epilogue needs no FP32 product (FP32, or no bias and no activation); with grouped
 // weights (`grouped`; and a workspace of RuleWorkspaceBytes) also bmm for d > 1 batch-last, and
-// batch-first where cuBLAS beats the fused tiles (FP32 up to 512 rows; FP32 above with d not a
-// multiple of 4 and c >= 64, or d = 4 with b, c >= 384; 16-bit types with d > 2 not a multiple of
-// 4, which no pipelined tensor-core tile takes; and where one j's GEMM is large, by batch size:
+// batch-first where cuBLAS beats the fused tiles (by dtype, batch size and pattern, as measured:
 // GroupedBmmBeatsFusedTiles in ks_matmul.cc); else batch-first the fused kernel with DefaultFusedTile,
 // batch-last the naive kernel. Tiles that read grouped weights (the tc tiles, wg-tma) run their
 // variant for interchange weights when none are given.
