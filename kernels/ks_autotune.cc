@@ -129,7 +129,8 @@ std::vector<KsKernelChoice> KernelCandidates(const KsPattern& pattern, DType dty
     if (layout != BatchLayout::kBatchFirst) break;  // the fused tiles read batch-first x
     if (FusedTileUsesTensorCores(tile) && dtype == DType::kFloat32) continue;
     // Elsewhere the pipelined FP32 tile runs as its register-staged twin: a repeat.
-    if ((tile == FusedTile::kJ4M64N64Async || tile == FusedTile::kJ4M64N64AsyncT) &&
+    if ((tile == FusedTile::kJ4M64N64Async || tile == FusedTile::kJ4M64N64AsyncT ||
+         tile == FusedTile::kJ4M128N64AsyncJ) &&
         (dtype != DType::kFloat32 || pattern.d % 4 != 0))
       continue;
     // The pair of r tiles needs two of them (b wider than 256 / d) and d = 2, 4 or 8.

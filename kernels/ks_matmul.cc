@@ -452,6 +452,7 @@ int FusedTileJ(FusedTile tile) {
     case FusedTile::kJ4M64N64:
     case FusedTile::kJ4M64N64Async:
     case FusedTile::kJ4M64N64AsyncT:
+    case FusedTile::kJ4M128N64AsyncJ:
     case FusedTile::kMmaJ4M64N64:
       return 4;
     case FusedTile::kJ8M32N32:
@@ -534,6 +535,8 @@ std::string FusedTileName(FusedTile tile) {
       return "j4m64n64-async";
     case FusedTile::kJ4M64N64AsyncT:
       return "j4m64n64-async-t";
+    case FusedTile::kJ4M128N64AsyncJ:
+      return "j4m128n64-async-j";
     case FusedTile::kJ8M32N32:
       return "j8m32n32";
     case FusedTile::kJ16M16N16:

@@ -68,8 +68,9 @@ enum class FusedTile : uint8_t {
   kJ1M128N64,
   kJ2M128N64,
   kJ4M64N64,
-  kJ4M64N64Async,   // the same with a cp.async pipeline (FP32 with d a multiple of 4; else kJ4M64N64)
-  kJ4M64N64AsyncT,  // the pipelined tile with operands moved to the float4 layout in shared memory (ditto)
+  kJ4M64N64Async,    // the same with a cp.async pipeline (FP32 with d a multiple of 4; else kJ4M64N64)
+  kJ4M64N64AsyncT,   // the pipelined tile with operands moved to the float4 layout in shared memory (ditto)
+  kJ4M128N64AsyncJ,  // pipelined, a thread owning all 4 j of its 8 × 4 output rows (ditto)
   kJ8M32N32,
   kJ16M16N16,
   kJ32M16N8,
@@ -98,14 +99,15 @@ enum class FusedTile : uint8_t {
   kWgTmaPairX,  // the same where d is 2, 4 or 8 with clusters of two blocks sharing x (TMA multicast)
 };
 inline constexpr FusedTile kAllFusedTiles[] = {
-    FusedTile::kJ1M16N64,       FusedTile::kJ1M128N128,     FusedTile::kJ1M128N64,
-    FusedTile::kJ2M128N64,      FusedTile::kJ4M64N64,       FusedTile::kJ4M64N64Async,
-    FusedTile::kJ4M64N64AsyncT, FusedTile::kJ8M32N32,       FusedTile::kJ16M16N16,
-    FusedTile::kJ32M16N8,       FusedTile::kMmaJ1M128N64,   FusedTile::kMmaJ1M128N128,
-    FusedTile::kMmaJ4M64N64,    FusedTile::kMmaJ8M32N32,    FusedTile::kTcM128N128,
-    FusedTile::kTcM128N64,      FusedTile::kTcM64N64,       FusedTile::kTcM64N64K16,
-    FusedTile::kTcM64N128K16,   FusedTile::kTcWgM64N128K16, FusedTile::kTcM64N32,
-    FusedTile::kTcM32N32,       FusedTile::kWgTma,          FusedTile::kWgTmaPairX};
+    FusedTile::kJ1M16N64,       FusedTile::kJ1M128N128,      FusedTile::kJ1M128N64,
+    FusedTile::kJ2M128N64,      FusedTile::kJ4M64N64,        FusedTile::kJ4M64N64Async,
+    FusedTile::kJ4M64N64AsyncT, FusedTile::kJ4M128N64AsyncJ, FusedTile::kJ8M32N32,
+    FusedTile::kJ16M16N16,      FusedTile::kJ32M16N8,        FusedTile::kMmaJ1M128N64,
+    FusedTile::kMmaJ1M128N128,  FusedTile::kMmaJ4M64N64,     FusedTile::kMmaJ8M32N32,
+    FusedTile::kTcM128N128,     FusedTile::kTcM128N64,       FusedTile::kTcM64N64,
+    FusedTile::kTcM64N64K16,    FusedTile::kTcM64N128K16,    FusedTile::kTcWgM64N128K16,
+    FusedTile::kTcM64N32,       FusedTile::kTcM32N32,        FusedTile::kWgTma,
+    FusedTile::kWgTmaPairX};
 
 // The register-staged tensor-core tile for a pattern: the rule's choice where the pipelined tiles
 // cannot run, and what those tiles hand such layouts to.

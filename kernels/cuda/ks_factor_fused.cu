@@ -14,7 +14,8 @@
 // tile goes through shared memory once more so y is written in whole runs, as vectors where the
 // runs allow. A variant of the 4-j tile keeps four steps of x and w in flight with cp.async
 // (FP32, d a multiple of 4), for patterns that wait on memory; another moves each landed step to
-// the transposed layout in shared memory, for the float4 operand reads with the pipeline.
+// the transposed layout in shared memory, for the float4 operand reads with the pipeline; a third
+// reads float4s of 4 j straight from the landed steps, each thread owning all 4 j of its outputs.
 // Blocks run in the order of block_order.h, so the ones that share x or w meet in L2. Any
 // pattern and batch: every edge is predicated, out-of-range operands are 0.
 #include <algorithm>
@@ -48,6 +49,22 @@ struct Tile {
   static_assert(BM % TM == 0 && BN % TN == 0);
   static_assert(kThreads <= 256);
 };
+
+// A thread's j in the group (jj) and place (tm, tn) among its j's threads: with kWarpBlocks a warp
+// works on one j as 4 × 8 threads, else the threads of a j go row by row.
+template <typename TileT>
+__device__ __forceinline__ void ThreadPlace(int& jj, int& tm, int& tn) {
+  jj = threadIdx.x / TileT::kThreadsPerJ;
+  const int within = threadIdx.x % TileT::kThreadsPerJ;
+  if constexpr (TileT::kWarpBlocks) {
+    const int warp = within / 32, lane = within % 32;
+    tn = (warp % (TileT::kThreadsN / 8)) * 8 + lane % 8;
+    tm = (warp / (TileT::kThreadsN / 8)) * 4 + lane / 8;
+  } else {
+    tn = within % TileT::kThreadsN;
+    tm = within / TileT::kThreadsN;
+  }
+}
 
 // Writes a finished FP32 tile staged as [m][jj][r] (pitch y_pitch) to y, which points at the
 // tile's first element: element f = rr·JT + jo of row m goes to y[m·out + rr·d + jo]. With
@@ -190,17 +207,8 @@ __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
   w_stage.Store(store_w(w_tile(0)));
   __syncthreads();
 
-  const int jj = threadIdx.x / TileT::kThreadsPerJ;
-  const int within = threadIdx.x % TileT::kThreadsPerJ;
-  int tm, tn;
-  if constexpr (TileT::kWarpBlocks) {
-    const int warp = within / 32, lane = within % 32;
-    tn = (warp % (TileT::kThreadsN / 8)) * 8 + lane % 8;
-    tm = (warp / (TileT::kThreadsN / 8)) * 4 + lane / 8;
-  } else {
-    tn = within % TileT::kThreadsN;
-    tm = within / TileT::kThreadsN;
-  }
+  int jj, tm, tn;
+  ThreadPlace<TileT>(jj, tm, tn);
   float acc[TM][TN] = {};
 
   const int64_t steps = (c + BK - 1) / BK;
@@ -237,21 +245,28 @@ __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
 // and column tn + kThreadsN·q, which for a warp's 4 × 8 threads fall in distinct banks.
 constexpr int kAsyncStages = 4;
 
+// Where a pipelined step lands: x rows then w rows, each as in memory with 4 floats of padding.
 template <typename TileT>
-struct AsyncLayout {
+struct LandingLayout {
   static constexpr int kPitch = TileT::BK * TileT::JT + 4;  // floats per landed row
   static constexpr int kStageFloats = (TileT::BM + TileT::BN) * kPitch;
-  static constexpr int kYPitch = TileT::BN + 2;  // staged [m][jj][r]: rows tm·JT apart in distinct banks
-  static constexpr int kSharedBytes =
-      4 * std::max(kAsyncStages * kStageFloats, TileT::BM * TileT::JT * kYPitch);
-  static_assert(TileT::kWarpBlocks && TileT::JT % 4 == 0, "4 j per chunk; warps of 4 × 8 threads");
+  static_assert(TileT::JT % 4 == 0, "4 j per chunk");
 };
 
-// A pipelined block's coordinates, its thread's place in the math and its share of the copies of a
-// step. A thread copies kLoads chunks of one (s, 4 j) in rows kRowsPerPass apart; chunk f of a row
-// holds flat (k, jj) = (f / JT, f % JT) .. +3: 4 j of one s (JT a multiple of 4 dividing d). Its
-// source pointers advance by a step each time, so a step's copies cost little more than the copies
-// themselves. Rows beyond the batch or b, and s beyond c, are zero-filled.
+template <typename TileT>
+struct AsyncLayout : LandingLayout<TileT> {
+  static constexpr int kYPitch = TileT::BN + 2;  // staged [m][jj][r]: rows tm·JT apart in distinct banks
+  static constexpr int kOutputFloats = TileT::BM * TileT::JT * kYPitch;
+  static constexpr int kSharedBytes =
+      4 * std::max(kAsyncStages * LandingLayout<TileT>::kStageFloats, kOutputFloats);
+  static_assert(TileT::kWarpBlocks, "warps of 4 × 8 threads");
+};
+
+// A pipelined block's coordinates and its thread's share of the copies of a step. A thread copies
+// kLoads chunks of one (s, 4 j) in rows kRowsPerPass apart; chunk f of a row holds flat (k, jj) =
+// (f / JT, f % JT) .. +3: 4 j of one s (JT a multiple of 4 dividing d). Its source pointers
+// advance by a step each time, so a step's copies cost little more than the copies themselves.
+// Rows beyond the batch or b, and s beyond c, are zero-filled.
 template <typename TileT>
 struct PipelinedBlock {
   static constexpr int kChunksPerRow = TileT::BK * TileT::JT / 4;
@@ -261,7 +276,6 @@ struct PipelinedBlock {
                 TileT::BN % kRowsPerPass == 0);
 
   int64_t i, j0, r0, n0;
-  int jj, tm, tn;      // the thread's j in the group, and its place among the 4 × 8 threads of its warp
   int rows_x, rows_w;  // valid rows of x and w in the tile
   int steps;           // of BK values of s
   const float* source[kLoads];
@@ -295,13 +309,8 @@ struct PipelinedBlock {
         row_valid[l] = row - BM < rows_w;
       }
     }
-    target = stages + copy_row * AsyncLayout<TileT>::kPitch + copy_f;
+    target = stages + copy_row * LandingLayout<TileT>::kPitch + copy_f;
     step_elements = int64_t{BK} * d;
-
-    jj = threadIdx.x / TileT::kThreadsPerJ;
-    const int within = threadIdx.x % TileT::kThreadsPerJ, warp = within / 32, lane = within % 32;
-    tn = (warp % (TileT::kThreadsN / 8)) * 8 + lane % 8;
-    tm = (warp / (TileT::kThreadsN / 8)) * 4 + lane / 8;
   }
 
   // Copies step `step` (the next one: the sources advance) into stage `stage`.
@@ -309,11 +318,31 @@ struct PipelinedBlock {
     const bool s_valid = int64_t{step} * TileT::BK + copy_k < c;
 #pragma unroll
     for (int l = 0; l < kLoads; ++l) {
-      CpAsync<16>(
-          target + stage * AsyncLayout<TileT>::kStageFloats + l * kRowsPerPass * AsyncLayout<TileT>::kPitch,
-          source[l], s_valid && row_valid[l]);
+      CpAsync<16>(target + stage * LandingLayout<TileT>::kStageFloats +
+                      l * kRowsPerPass * LandingLayout<TileT>::kPitch,
+                  source[l], s_valid && row_valid[l]);
       source[l] += step_elements;
     }
+  }
+
+  // The ring of kAsyncStages stages: the first kAsyncStages − 1 steps go in flight.
+  __device__ __forceinline__ void StartRing() {
+#pragma unroll
+    for (int st = 0; st < kAsyncStages - 1; ++st) {
+      if (st < steps) Issue(st, st);
+      CpAsyncCommit();
+    }
+  }
+
+  // Waits until step `step` (in stage `stage`) has landed everywhere and every warp is done with
+  // the stage the next copy overwrites (read for the previous step), then issues that copy.
+  __device__ __forceinline__ void AwaitStep(int step, int stage) {
+    CpAsyncWait<kAsyncStages - 2>();
+    __syncthreads();
+    int next_stage = stage + kAsyncStages - 1;
+    if (next_stage >= kAsyncStages) next_stage -= kAsyncStages;
+    if (step + kAsyncStages - 1 < steps) Issue(step + kAsyncStages - 1, next_stage);
+    CpAsyncCommit();
   }
 };
 
@@ -328,27 +357,15 @@ __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
   PipelinedBlock<TileT> block(p, grid, shared_floats);
   const int64_t i = block.i, j0 = block.j0, r0 = block.r0, n0 = block.n0;
   const int steps = block.steps;
-#pragma unroll
-  for (int st = 0; st < kAsyncStages - 1; ++st) {
-    if (st < steps) block.Issue(st, st);
-    CpAsyncCommit();
-  }
+  block.StartRing();
 
-  const int jj = block.jj, tm = block.tm, tn = block.tn;
+  int jj, tm, tn;
+  ThreadPlace<TileT>(jj, tm, tn);
   float acc[TM][TN] = {};
 
   int buffer = 0;
   for (int step = 0; step < steps; ++step) {
-    CpAsyncWait<kAsyncStages - 2>();
-    // This step has landed everywhere, and every warp is done with the buffer the next copy
-    // overwrites (read in the previous iteration).
-    __syncthreads();
-    {
-      int next_buffer = buffer + kAsyncStages - 1;
-      if (next_buffer >= kAsyncStages) next_buffer -= kAsyncStages;
-      if (step + kAsyncStages - 1 < steps) block.Issue(step + kAsyncStages - 1, next_buffer);
-      CpAsyncCommit();
-    }
+    block.AwaitStep(step, buffer);
     const float* const xs = shared_floats + buffer * AsyncLayout<TileT>::kStageFloats + tm * kPitch + jj;
     const float* const ws = xs - tm * kPitch + (BM + tn) * kPitch;
 #pragma unroll
@@ -381,6 +398,97 @@ __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
     for (int m = 0; m < TM; ++m) {
       const int row = tm + m * TileT::kThreadsM;
       y_tile[(row * JT + jj) * kYPitch + rr] = ApplyActivation(acc[m][n] + bias_value, p.activation);
+    }
+  }
+  __syncthreads();
+  WriteTile<float, BM, BN, JT, TileT::kThreads>(y_tile, kYPitch,
+                                                static_cast<float*>(p.y) + n0 * out + (i * b + r0) * d + j0,
+                                                out, d, block.rows_x, block.rows_w, JT, y_vec);
+}
+
+// The pipelined tile with a thread owning all 4 j of its outputs: a landed row holds the four j
+// of one s in 16 bytes, so a thread reads its operands as float4 straight from the landing stage,
+// no move to another layout. A thread holds TM = 8 rows × TN = 4 output rows r × 4 j (12 reads per
+// 128 FMAs): 128 accumulators, so up to 255 registers and one block of 8 warps per SM; about 1.16
+// instructions per FMA in the main loop against 1.27-1.38 for the pipelined 4-j tiles, but with two
+// warps per scheduler it waits on shared memory more (H200: a median 1.01x the best other 4-j
+// tile's time at 25088 rows, 0.88-0.99x on 11 of 57 FP32 patterns). Rows tm + kThreadsM·q, r
+// tn + kThreadsN·q; a warp is 8 tm × 4 tn, so its x reads fall on 8 landed rows (pitch ≡ 4 banks
+// mod 32: distinct banks) and its w reads on 4.
+struct JVectorTile {
+  static constexpr int JT = 4, BM = 128, BN = 64, BK = 8, TM = 8, TN = 4;
+  static constexpr int kThreadsM = BM / TM, kThreadsN = BN / TN, kThreads = kThreadsM * kThreadsN;
+  static constexpr int kPitch = BK * JT + 4, kStageFloats = (BM + BN) * kPitch;  // as LandingLayout
+  // Staged [m][jj][r]: a warp's 8 × 4 (row, r) of one j in distinct banks (4·kYPitch ≡ 4 mod 32).
+  static constexpr int kYPitch = BN + 1;
+  static constexpr int kOutputFloats = BM * JT * kYPitch;
+  static constexpr int kSharedBytes = 4 * std::max(kAsyncStages * kStageFloats, kOutputFloats);
+  static_assert(kThreads == 256 && kThreadsM % 8 == 0 && kPitch % 32 == 4);
+};
+
+template <typename TileT>
+__global__ void __launch_bounds__(TileT::kThreads, 1)
+    KsFactorFusedJVectorKernel(KsFactorParams p, BlockGrid grid, int y_vec) {
+  constexpr int JT = TileT::JT, BM = TileT::BM, BN = TileT::BN, TM = TileT::TM, TN = TileT::TN;
+  constexpr int kPitch = TileT::kPitch, kStageFloats = TileT::kStageFloats;
+  static_assert(kPitch == LandingLayout<TileT>::kPitch && kStageFloats == LandingLayout<TileT>::kStageFloats);
+  extern __shared__ __align__(16) float shared_floats[];
+  const int64_t b = p.pattern.b, d = p.pattern.d, out = p.pattern.out_features();
+  PipelinedBlock<TileT> block(p, grid, shared_floats);
+  const int64_t i = block.i, j0 = block.j0, r0 = block.r0, n0 = block.n0;
+  block.StartRing();
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  constexpr int kWarpsN = TileT::kThreadsN / 4;
+  const int tm = (warp / kWarpsN) * 8 + lane / 4, tn = (warp % kWarpsN) * 4 + lane % 4;
+  float acc[TM][TN][JT] = {};
+
+  int buffer = 0;
+  for (int step = 0; step < block.steps; ++step) {
+    block.AwaitStep(step, buffer);
+    const float* const xs = shared_floats + buffer * kStageFloats + tm * kPitch;
+    const float* const ws = shared_floats + buffer * kStageFloats + (BM + tn) * kPitch;
+#pragma unroll
+    for (int k = 0; k < TileT::BK; ++k) {
+      float4 xv[TM], wv[TN];
+#pragma unroll
+      for (int q = 0; q < TM; ++q) {
+        xv[q] = *reinterpret_cast<const float4*>(xs + q * TileT::kThreadsM * kPitch + k * JT);
+      }
+#pragma unroll
+      for (int q = 0; q < TN; ++q) {
+        wv[q] = *reinterpret_cast<const float4*>(ws + q * TileT::kThreadsN * kPitch + k * JT);
+      }
+#pragma unroll
+      for (int m = 0; m < TM; ++m) {
+#pragma unroll
+        for (int n = 0; n < TN; ++n) {
+          acc[m][n][0] = fmaf(xv[m].x, wv[n].x, acc[m][n][0]);
+          acc[m][n][1] = fmaf(xv[m].y, wv[n].y, acc[m][n][1]);
+          acc[m][n][2] = fmaf(xv[m].z, wv[n].z, acc[m][n][2]);
+          acc[m][n][3] = fmaf(xv[m].w, wv[n].w, acc[m][n][3]);
+        }
+      }
+    }
+    if (++buffer == kAsyncStages) buffer = 0;
+  }
+  CpAsyncWait<0>();
+  __syncthreads();  // the pipeline buffers become the output tile
+
+  constexpr int kYPitch = TileT::kYPitch;
+  float* const y_tile = shared_floats;
+  const float* const bias = static_cast<const float*>(p.bias);
+#pragma unroll
+  for (int n = 0; n < TN; ++n) {
+    const int rr = tn + n * TileT::kThreadsN;
+#pragma unroll
+    for (int jj = 0; jj < JT; ++jj) {
+      const float bias_value = bias != nullptr && r0 + rr < b ? bias[(i * b + r0 + rr) * d + j0 + jj] : 0.0f;
+#pragma unroll
+      for (int m = 0; m < TM; ++m) {
+        const int row = tm + m * TileT::kThreadsM;
+        y_tile[(row * JT + jj) * kYPitch + rr] = ApplyActivation(acc[m][n][jj] + bias_value, p.activation);
+      }
     }
   }
   __syncthreads();
@@ -458,7 +566,8 @@ __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
   __syncthreads();
   move_step(0);
 
-  const int jj = block.jj, tm = block.tm, tn = block.tn;
+  int jj, tm, tn;
+  ThreadPlace<TileT>(jj, tm, tn);
   float acc[TM][TN] = {};
 
   for (int step = 0; step < steps; ++step) {
@@ -524,11 +633,14 @@ cudaError_t Launch(const KsFactorParams& p, cudaStream_t stream) {
 }
 
 // The pipelined FP32 tiles where x, w and the layout allow 16-byte chunks (see the kernels); the
-// register-staged one otherwise.
-template <typename TileT, int kTransposingStages>
+// register-staged 4-j tile otherwise. kPipeline picks the kernel: kJVector the thread-owns-4-j
+// one, a positive count the transposing one with that many raw stages, 0 the pipelined one.
+constexpr int kJVector = -1;
+
+template <typename TileT, int kPipeline>
 cudaError_t LaunchAsync(const KsFactorParams& p, cudaStream_t stream) {
   if (p.dtype != DType::kFloat32 || VectorWidth(p, TileT::JT, 4, 4) != 4 || p.pattern.d % TileT::JT != 0) {
-    return Launch<TileT>(p, stream);
+    return Launch<Tile<4, 64, 64, 8, 8, 8>>(p, stream);
   }
   const BlockGrid block_grid = MakeBlockGrid(p.pattern, p.batch, TileT::JT, TileT::BM, TileT::BN, 4);
   if (block_grid.blocks() > int64_t{0x7fffffff}) return cudaErrorInvalidConfiguration;
@@ -541,9 +653,11 @@ cudaError_t LaunchAsync(const KsFactorParams& p, cudaStream_t stream) {
         p, block_grid, OutputVectorWidth(p, TileT::JT));
     return cudaGetLastError();
   };
-  if constexpr (kTransposingStages > 0) {
-    return launch(KsFactorFusedTransposingKernel<TileT, kTransposingStages>,
-                  TransposingLayout<TileT, kTransposingStages>::kSharedBytes);
+  if constexpr (kPipeline == kJVector) {
+    return launch(KsFactorFusedJVectorKernel<TileT>, TileT::kSharedBytes);
+  } else if constexpr (kPipeline > 0) {
+    return launch(KsFactorFusedTransposingKernel<TileT, kPipeline>,
+                  TransposingLayout<TileT, kPipeline>::kSharedBytes);
   } else {
     return launch(KsFactorFusedAsyncKernel<TileT>, AsyncLayout<TileT>::kSharedBytes);
   }
@@ -568,6 +682,8 @@ cudaError_t LaunchKsFactorFused(const KsFactorParams& params, FusedTile tile, co
       return LaunchAsync<Tile<4, 64, 64, 8, 8, 8>, 0>(params, stream);
     case FusedTile::kJ4M64N64AsyncT:
       return LaunchAsync<Tile<4, 64, 64, 8, 8, 8>, kTransposingStages>(params, stream);
+    case FusedTile::kJ4M128N64AsyncJ:
+      return LaunchAsync<JVectorTile, kJVector>(params, stream);
     case FusedTile::kJ8M32N32:
       return Launch<Tile<8, 32, 32, 8, 4, 8>>(params, stream);
     case FusedTile::kJ16M16N16:

@@ -395,6 +395,10 @@ TEST(KsKernelChoiceTest, CandidatesFollowDTypeAndD) {
   const std::vector<std::string> bf16 = names({6, 64, 64, 1}, DType::kBFloat16);
   EXPECT_THAT(bf16, Contains("fused/mma-j1m128n64"));
   EXPECT_THAT(names({1, 64, 64, 64}, DType::kBFloat16), Contains("fused/mma-j8m32n32"));
+  // The pipelined FP32 tiles need d a multiple of 4; 16-bit types have tensor-core ones.
+  EXPECT_THAT(names({1, 192, 192, 4}, DType::kFloat32), Contains("fused/j4m128n64-async-j"));
+  EXPECT_THAT(names({1, 192, 192, 6}, DType::kFloat32), Not(Contains("fused/j4m128n64-async-j")));
+  EXPECT_THAT(names({1, 192, 192, 4}, DType::kBFloat16), Not(Contains("fused/j4m128n64-async-j")));
   // The densified matrix of (64,1024,1024,64) would take 16 GiB: never a candidate.
   EXPECT_THAT(names({64, 1024, 1024, 64}, DType::kFloat32), Not(Contains("dense")));
   // Batch-last: the cuBLAS algorithms only (the fused tiles read batch-first x).
