@@ -128,11 +128,8 @@ std::vector<KsKernelChoice> KernelCandidates(const KsPattern& pattern, DType dty
   for (FusedTile tile : kAllFusedTiles) {
     if (layout != BatchLayout::kBatchFirst) break;  // the fused tiles read batch-first x
     if (FusedTileUsesTensorCores(tile) && dtype == DType::kFloat32) continue;
-    // Elsewhere the pipelined FP32 tile runs as its register-staged twin: a repeat.
-    if ((tile == FusedTile::kJ4M64N64Async || tile == FusedTile::kJ4M64N64AsyncT ||
-         tile == FusedTile::kJ4M128N64AsyncJ) &&
-        (dtype != DType::kFloat32 || pattern.d % 4 != 0))
-      continue;
+    // Elsewhere the pipelined FP32 tiles run as their register-staged twin: a repeat.
+    if (FusedTileIsPipelinedFp32(tile) && (dtype != DType::kFloat32 || pattern.d % 4 != 0)) continue;
     // The pair of r tiles needs two of them (b wider than 256 / d) and d = 2, 4 or 8.
     if (tile == FusedTile::kWgTmaPairX &&
         ((pattern.d != 2 && pattern.d != 4 && pattern.d != 8) || pattern.b * pattern.d <= 256)) {

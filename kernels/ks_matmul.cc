@@ -505,6 +505,11 @@ bool FusedTileReadsPackedWeights(FusedTile tile) {
   }
 }
 
+bool FusedTileIsPipelinedFp32(FusedTile tile) {
+  return tile == FusedTile::kJ4M64N64Async || tile == FusedTile::kJ4M64N64AsyncT ||
+         tile == FusedTile::kJ4M128N64AsyncJ;
+}
+
 bool FusedTileUsesTensorCores(FusedTile tile) {
   switch (tile) {
     case FusedTile::kMmaJ1M128N64:

@@ -75,6 +75,9 @@ FusedTile DefaultFusedTile(const KsPattern& pattern, int64_t batch, DType dtype)
 int FusedTileJ(FusedTile tile);
 // Tensor-core tiles take BF16 and FP16 only: FP32 is strict.
 bool FusedTileUsesTensorCores(FusedTile tile);
+// The cp.async-pipelined CUDA-core tiles: FP32 with d a multiple of 4 (and 16-byte aligned x and
+// w); elsewhere they run the register-staged j4m64n64.
+bool FusedTileIsPipelinedFp32(FusedTile tile);
 
 // "fused/j4m64n64", "dense", "bmm", "naive", and back.
 std::string KernelChoiceName(const KsKernelChoice& choice);

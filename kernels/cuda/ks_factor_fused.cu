@@ -418,20 +418,18 @@ __global__ void __launch_bounds__(TileT::kThreads, 512 / TileT::kThreads)
 struct JVectorTile {
   static constexpr int JT = 4, BM = 128, BN = 64, BK = 8, TM = 8, TN = 4;
   static constexpr int kThreadsM = BM / TM, kThreadsN = BN / TN, kThreads = kThreadsM * kThreadsN;
-  static constexpr int kPitch = BK * JT + 4, kStageFloats = (BM + BN) * kPitch;  // as LandingLayout
   // Staged [m][jj][r]: a warp's 8 × 4 (row, r) of one j in distinct banks (4·kYPitch ≡ 4 mod 32).
   static constexpr int kYPitch = BN + 1;
   static constexpr int kOutputFloats = BM * JT * kYPitch;
-  static constexpr int kSharedBytes = 4 * std::max(kAsyncStages * kStageFloats, kOutputFloats);
-  static_assert(kThreads == 256 && kThreadsM % 8 == 0 && kPitch % 32 == 4);
+  static_assert(kThreads == 256 && kThreadsM % 8 == 0);
 };
 
 template <typename TileT>
 __global__ void __launch_bounds__(TileT::kThreads, 1)
     KsFactorFusedJVectorKernel(KsFactorParams p, BlockGrid grid, int y_vec) {
   constexpr int JT = TileT::JT, BM = TileT::BM, BN = TileT::BN, TM = TileT::TM, TN = TileT::TN;
-  constexpr int kPitch = TileT::kPitch, kStageFloats = TileT::kStageFloats;
-  static_assert(kPitch == LandingLayout<TileT>::kPitch && kStageFloats == LandingLayout<TileT>::kStageFloats);
+  constexpr int kPitch = LandingLayout<TileT>::kPitch, kStageFloats = LandingLayout<TileT>::kStageFloats;
+  static_assert(kPitch % 32 == 4, "a warp's 8 landed rows in distinct banks");
   extern __shared__ __align__(16) float shared_floats[];
   const int64_t b = p.pattern.b, d = p.pattern.d, out = p.pattern.out_features();
   PipelinedBlock<TileT> block(p, grid, shared_floats);
@@ -654,7 +652,8 @@ cudaError_t LaunchAsync(const KsFactorParams& p, cudaStream_t stream) {
     return cudaGetLastError();
   };
   if constexpr (kPipeline == kJVector) {
-    return launch(KsFactorFusedJVectorKernel<TileT>, TileT::kSharedBytes);
+    return launch(KsFactorFusedJVectorKernel<TileT>,
+                  4 * std::max(kAsyncStages * LandingLayout<TileT>::kStageFloats, TileT::kOutputFloats));
   } else if constexpr (kPipeline > 0) {
     return launch(KsFactorFusedTransposingKernel<TileT, kPipeline>,
                   TransposingLayout<TileT, kPipeline>::kSharedBytes);
